@@ -1,0 +1,96 @@
+//! Capacities, map names, flag values and protocol numbers shared by both sides.
+
+/// VIP ids are indices into the per-VIP arrays (ring-of-rings, stats): `0..MAX_VIPS`.
+pub const MAX_VIPS: u32 = 1024;
+/// Backend ids index the backend array. Id 0 is reserved: a zeroed conntrack value means "none".
+pub const MAX_BACKENDS: u32 = 16384;
+/// Default conntrack capacity (entries); the loader may resize it before load.
+pub const CONNTRACK_DEFAULT_ENTRIES: u32 = 1 << 18;
+/// Default Maglev ring size: a prime, so every skip value walks the whole ring.
+pub const RING_SIZE_DEFAULT: u32 = 65537;
+/// Largest ring size the daemon accepts (prime-sized rings are checked by the builder).
+pub const RING_SIZE_MAX: u32 = 1 << 20;
+/// Two-arm egress ports (devmap slots). Slot 0 is unused: `tx_port == 0` means XDP_TX.
+pub const MAX_TX_PORTS: u32 = 64;
+
+/// Map names in the object, in one place so userspace can assert they all exist.
+pub mod map_names {
+    pub const VIPS: &str = "VIPS";
+    pub const RINGS: &str = "RINGS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CONFIG: &str = "CONFIG";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    pub const ALL: &[&str] = &[
+        VIPS,
+        RINGS,
+        BACKENDS,
+        CONNTRACK,
+        CONFIG,
+        TX_PORTS,
+        VIP_STATS,
+        BACKEND_STATS,
+        REASON_STATS,
+        DECAP_ADDRS,
+        DECAP_STATS,
+    ];
+}
+
+/// Program names in the object.
+pub mod prog_names {
+    pub const FORWARD: &str = "xlb_forward";
+    pub const DECAP: &str = "xlb_decap";
+    pub const PASS: &str = "xlb_pass";
+}
+
+/// Address family of a key or backend (`AF_INET`/`AF_INET6` values, for readability in dumps).
+pub const FAMILY_V4: u8 = 2;
+pub const FAMILY_V6: u8 = 10;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// How a VIP hashes a flow onto its ring (`VipMeta::hash_mode`).
+pub const HASH_FIVE_TUPLE: u8 = 0;
+/// Source address only: session affinity, all of a client's flows on one backend.
+pub const HASH_SRC_IP: u8 = 1;
+/// Source and destination address plus protocol, no ports.
+pub const HASH_SRC_DST_IP: u8 = 2;
+/// Source address and destination port: per-service affinity on wildcard VIPs.
+pub const HASH_SRC_IP_DST_PORT: u8 = 3;
+pub const HASH_MODE_MAX: u8 = 3;
+
+/// How a VIP reaches its backends (`VipMeta::fwd_mode`).
+/// IP-in-IP with the outer family of the backend: IPIP, IPv6-in-IPv6, 4in6 or 6in4.
+pub const FWD_IPIP: u8 = 0;
+/// GUE variant 1 (the IP packet right after a UDP header): crosses families, RSS-friendly.
+pub const FWD_GUE: u8 = 1;
+/// L2 direct server return: only the destination MAC is rewritten.
+pub const FWD_L2: u8 = 2;
+pub const FWD_MODE_MAX: u8 = 2;
+
+/// `VipMeta::flags`: no conntrack for this VIP; every packet follows the ring (stateless UDP).
+pub const VIP_F_NO_CONNTRACK: u16 = 1 << 0;
+
+/// `Backend::state`: the backend takes no packets at all (health down or removed); tracked flows
+/// on it are re-picked through the ring. A drained backend is absent from the ring but not down.
+pub const BACKEND_F_DOWN: u8 = 1 << 0;
+
+/// Encapsulation overheads (outer headers only; the Ethernet header is kept in size).
+pub const IPV4_HDR_LEN: usize = 20;
+pub const IPV6_HDR_LEN: usize = 40;
+pub const UDP_HDR_LEN: usize = 8;
+pub const ETH_HDR_LEN: usize = 14;
+/// Default GUE destination port.
+pub const GUE_PORT_DEFAULT: u16 = 6080;
+/// Default largest L3 packet the forwarder emits (after encapsulation).
+pub const MTU_DEFAULT: u16 = 1500;

@@ -1,0 +1,116 @@
+//! Counter layouts of the per-CPU stats arrays and the reason index of `REASON_STATS`.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `VIP_STATS[vip_id]`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Conntrack inserts (SYNs, first UDP datagrams, untracked mid-flow packets).
+    pub new_flows: u64,
+    pub conntrack_hits: u64,
+    pub conntrack_misses: u64,
+    /// Tracked flows whose backend was down and were re-picked through the ring.
+    pub failovers: u64,
+}
+
+/// `BACKEND_STATS[backend_id]`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Index of `REASON_STATS`: why a packet was passed to the kernel, dropped, or bounced.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...).
+    PassNotIp = 0,
+    /// IP, but not addressed to a VIP.
+    PassNotVip = 1,
+    /// A fragment of a VIP address without a wildcard VIP to hash it on.
+    PassFragment = 2,
+    /// ICMP to a VIP that is not an error about a VIP flow (echo, unknown types).
+    PassIcmp = 3,
+    /// Neither TCP, UDP nor ICMP.
+    PassProto = 4,
+    /// Truncated or inconsistent headers.
+    DropMalformed = 5,
+    /// The VIP's ring is missing or empty.
+    DropNoBackend = 6,
+    /// Larger than the MTU after encapsulation and fragmentable: dropped.
+    DropTooBig = 7,
+    /// Larger than the MTU after encapsulation, DF set / IPv6: ICMP error sent to the client.
+    TxTooBig = 8,
+    /// bpf_xdp_adjust_head/tail failed.
+    DropAdjust = 9,
+    /// The ring named a backend id without a valid entry.
+    DropBadBackend = 10,
+    /// Redirect to a two-arm port failed.
+    DropRedirect = 11,
+    /// IPv6 extension header chain too long to walk.
+    PassExtHeaders = 12,
+    /// Fragments forwarded through a wildcard VIP on addresses only.
+    FwdFragment = 13,
+    /// ICMP errors forwarded to the backend owning the inner flow.
+    FwdIcmp = 14,
+}
+
+pub const REASON_COUNT: u32 = 15;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassNotVip,
+        Reason::PassFragment,
+        Reason::PassIcmp,
+        Reason::PassProto,
+        Reason::DropMalformed,
+        Reason::DropNoBackend,
+        Reason::DropTooBig,
+        Reason::TxTooBig,
+        Reason::DropAdjust,
+        Reason::DropBadBackend,
+        Reason::DropRedirect,
+        Reason::PassExtHeaders,
+        Reason::FwdFragment,
+        Reason::FwdIcmp,
+    ];
+
+    /// Stable snake_case name for CLI output and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassIcmp => "pass_icmp",
+            Reason::PassProto => "pass_proto",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::TxTooBig => "tx_too_big",
+            Reason::DropAdjust => "drop_adjust",
+            Reason::DropBadBackend => "drop_bad_backend",
+            Reason::DropRedirect => "drop_redirect",
+            Reason::PassExtHeaders => "pass_ext_headers",
+            Reason::FwdFragment => "fwd_fragment",
+            Reason::FwdIcmp => "fwd_icmp",
+        }
+    }
+}
+
+/// Decap program counters (`DECAP_STATS` index).
+pub const DECAP_OK: u32 = 0;
+pub const DECAP_PASS: u32 = 1;
+pub const DECAP_DROP: u32 = 2;
+pub const DECAP_STATS_COUNT: u32 = 3;

@@ -1,0 +1,194 @@
+//! Map keys and values. All `#[repr(C)]`, padding-free (asserted below), integers only.
+//! Addresses and ports stay in network byte order exactly as they appear on the wire.
+
+use crate::consts::{FAMILY_V4, FAMILY_V6};
+
+/// An IPv4 or IPv6 address as four words in wire order; IPv4 uses word 0, the rest are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr(pub [u32; 4]);
+
+impl Addr {
+    #[inline(always)]
+    pub const fn v4(word: u32) -> Self {
+        Addr([word, 0, 0, 0])
+    }
+    /// Build from wire-order bytes (4 or 16 of them).
+    pub fn from_bytes(b: &[u8]) -> Self {
+        let mut a = [0u32; 4];
+        for (i, w) in b.chunks_exact(4).take(4).enumerate() {
+            a[i] = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+        }
+        Addr(a)
+    }
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (i, w) in self.0.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// Key of the `VIPS` hash map. `port_be == 0` is the all-ports wildcard of an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: Addr,
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the `VIPS` map: how to forward this VIP's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into `RINGS` and `VIP_STATS`.
+    pub vip_id: u32,
+    /// Size of this VIP's ring (entries of the inner array).
+    pub ring_size: u32,
+    /// `HASH_*`.
+    pub hash_mode: u8,
+    /// `FWD_*`.
+    pub fwd_mode: u8,
+    /// `VIP_F_*`.
+    pub flags: u16,
+}
+
+/// Value of the `BACKENDS` array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Next hop's MAC for encapsulated modes, the backend's own MAC for L2 DSR.
+    pub dst_mac: [u8; 6],
+    /// Egress MAC for two-arm; all zero means "reuse the frame's destination MAC" (one-arm).
+    pub src_mac: [u8; 6],
+    /// 0: send back out of the ingress interface (XDP_TX); n: redirect via `TX_PORTS[n]`.
+    pub tx_port: u32,
+    pub family: u8,
+    /// `BACKEND_F_*`.
+    pub state: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Backend {
+    #[inline(always)]
+    pub const fn is_down(&self) -> bool {
+        self.state & crate::consts::BACKEND_F_DOWN != 0
+    }
+}
+
+/// A flow as the forwarder sees it: key of the conntrack map and input of the flow hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-CPU conntrack value. `backend_id == 0` (a zeroed per-CPU slot) means "not tracked here".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// The single entry of the `CONFIG` array: settings the daemon may change at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// Base of the outer IPv6 source; the bits of `encap_src_v6_mask` (last word) come from the
+    /// flow hash so backends' RSS spreads flows.
+    pub encap_src_v6: Addr,
+    /// Base of the outer IPv4 source (wire order) and the bits taken from the flow hash.
+    pub encap_src_v4: u32,
+    pub encap_src_v4_mask: u32,
+    pub encap_src_v6_mask: u32,
+    /// Seed of every flow hash; LB instances behind one ECMP group must share it.
+    pub hash_seed: u32,
+    /// Largest L3 packet that may leave after encapsulation.
+    pub mtu: u16,
+    /// GUE destination port (wire order).
+    pub gue_port_be: u16,
+    pub _pad: u32,
+}
+
+impl FlowKey {
+    pub const fn is_v6(&self) -> bool {
+        self.family == FAMILY_V6
+    }
+    pub const fn is_v4(&self) -> bool {
+        self.family == FAMILY_V4
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Addr>() == 16);
+    assert!(core::mem::size_of::<VipKey>() == 20);
+    assert!(core::mem::size_of::<VipMeta>() == 12);
+    assert!(core::mem::size_of::<Backend>() == 36);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowState>() == 16);
+    assert!(core::mem::size_of::<LbConfig>() == 40);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    use crate::stats::{BackendStats, Counter, VipStats};
+    // SAFETY: every type is repr(C), Copy, made only of integers, with no padding (sizes asserted).
+    unsafe impl aya::Pod for Addr {}
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(feature = "user")]
+mod conv {
+    use core::net::IpAddr;
+
+    use super::*;
+
+    impl From<IpAddr> for Addr {
+        fn from(ip: IpAddr) -> Self {
+            match ip {
+                IpAddr::V4(v4) => Addr::from_bytes(&v4.octets()),
+                IpAddr::V6(v6) => Addr::from_bytes(&v6.octets()),
+            }
+        }
+    }
+
+    impl Addr {
+        pub fn to_ip(&self, family: u8) -> IpAddr {
+            let b = self.to_bytes();
+            if family == FAMILY_V6 {
+                IpAddr::from(b)
+            } else {
+                IpAddr::from([b[0], b[1], b[2], b[3]])
+            }
+        }
+    }
+
+    pub fn family_of(ip: &IpAddr) -> u8 {
+        if ip.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 }
+    }
+}
+
+#[cfg(feature = "user")]
+pub use conv::family_of;

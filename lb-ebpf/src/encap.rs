@@ -1,0 +1,208 @@
+//! Output towards a backend: IP-in-IP (outer family of the backend), GUE (UDP + IP) or an L2 DSR
+//! MAC rewrite; then XDP_TX (one-arm) or XDP_REDIRECT through `TX_PORTS` (two-arm).
+
+use core::mem::size_of;
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{
+    Backend, FAMILY_V6, FWD_GUE, FWD_L2, LbConfig, MTU_DEFAULT, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    decision::encap_entropy, stats::Reason,
+};
+
+use crate::{
+    csum,
+    hdr::*,
+    icmp,
+    maps::TX_PORTS,
+    parse::{Parsed, bound_l3, ptr_at, read},
+    stats::Verdict,
+};
+
+/// The L2 header of a frame (Ethernet and up to two VLAN tags), saved across head adjustments.
+#[derive(Clone, Copy)]
+pub struct L2 {
+    pub eth: EthHdr,
+    pub tags: [[u8; 4]; 2],
+    pub len: usize,
+}
+
+#[inline(always)]
+pub fn read_l2(ctx: &XdpContext, l3_off: usize) -> Result<L2, Verdict> {
+    let l3_off = bound_l3(l3_off)?;
+    let mut l2 = L2 {
+        eth: read(ctx, 0)?,
+        tags: [[0; 4]; 2],
+        len: 14,
+    };
+    if l3_off >= 18 {
+        l2.tags[0] = read(ctx, 14)?;
+        l2.len = 18;
+    }
+    if l3_off >= 22 {
+        l2.tags[1] = read(ctx, 18)?;
+        l2.len = 22;
+    }
+    Ok(l2)
+}
+
+/// Write `l2` at the head of the frame with new MACs and the innermost ethertype replaced.
+#[inline(always)]
+pub fn write_l2(
+    ctx: &XdpContext,
+    l2: &L2,
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto_be: u16,
+) -> Result<(), Verdict> {
+    let mut eth = EthHdr {
+        dst,
+        src,
+        proto_be: l2.eth.proto_be,
+    };
+    let mut tags = l2.tags;
+    let proto = proto_be.to_ne_bytes();
+    match l2.len {
+        14 => eth.proto_be = proto_be,
+        18 => tags[0][2..4].copy_from_slice(&proto),
+        _ => tags[1][2..4].copy_from_slice(&proto),
+    }
+    // SAFETY: ptr_at bounds-checks every write.
+    unsafe {
+        ptr_at::<EthHdr>(ctx, 0)?.write_unaligned(eth);
+        if l2.len >= 18 {
+            ptr_at::<[u8; 4]>(ctx, 14)?.write_unaligned(tags[0]);
+        }
+        if l2.len >= 22 {
+            ptr_at::<[u8; 4]>(ctx, 18)?.write_unaligned(tags[1]);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn transmit(b: &Backend) -> Result<u32, Verdict> {
+    if b.tx_port == 0 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    TX_PORTS
+        .redirect(b.tx_port, 0)
+        .map_err(|_| Verdict::drop(Reason::DropRedirect))
+}
+
+#[inline(always)]
+pub fn send(
+    ctx: &XdpContext,
+    p: &Parsed,
+    b: &Backend,
+    fwd_mode: u8,
+    cfg: &LbConfig,
+) -> Result<u32, Verdict> {
+    let l2 = read_l2(ctx, p.l3_off)?;
+    let src_mac = if b.src_mac == [0; 6] {
+        l2.eth.dst
+    } else {
+        b.src_mac
+    };
+    let inner_v6 = p.pkt.key.is_v6();
+    let inner_proto_be = if inner_v6 {
+        ETH_P_IPV6_BE
+    } else {
+        ETH_P_IPV4_BE
+    };
+
+    if fwd_mode == FWD_L2 {
+        write_l2(ctx, &l2, b.dst_mac, src_mac, inner_proto_be)?;
+        return transmit(b);
+    }
+
+    let outer_v6 = b.family == FAMILY_V6;
+    let ip_len = if outer_v6 {
+        size_of::<Ipv6Hdr>()
+    } else {
+        size_of::<Ipv4Hdr>()
+    };
+    let udp_len = if fwd_mode == FWD_GUE {
+        size_of::<UdpHdr>()
+    } else {
+        0
+    };
+    let overhead = ip_len + udp_len;
+    let mtu = if cfg.mtu == 0 { MTU_DEFAULT } else { cfg.mtu } as usize;
+    if p.l3_len + overhead > mtu {
+        if p.df {
+            return icmp::too_big(ctx, p, &l2, (mtu - overhead) as u32);
+        }
+        return Err(Verdict::drop(Reason::DropTooBig));
+    }
+
+    // SAFETY: ctx.ctx is the live xdp_md of this invocation.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+        return Err(Verdict::drop(Reason::DropAdjust));
+    }
+    let outer_proto_be = if outer_v6 {
+        ETH_P_IPV6_BE
+    } else {
+        ETH_P_IPV4_BE
+    };
+    write_l2(ctx, &l2, b.dst_mac, src_mac, outer_proto_be)?;
+
+    let entropy = encap_entropy(&p.pkt.key);
+    let proto = if udp_len != 0 {
+        PROTO_UDP
+    } else if inner_v6 {
+        PROTO_IPV6
+    } else {
+        PROTO_IPIP
+    };
+    let payload = p.l3_len + udp_len;
+    let l3 = bound_l3(p.l3_off)?;
+    if outer_v6 {
+        let mut src = cfg.encap_src_v6.0;
+        src[3] = (src[3] & !cfg.encap_src_v6_mask) | (entropy & cfg.encap_src_v6_mask);
+        let flow = entropy & 0x000f_ffff;
+        let h = Ipv6Hdr {
+            vtcfl: [
+                0x60 | (p.tos >> 4),
+                (p.tos << 4) | (flow >> 16) as u8,
+                (flow >> 8) as u8,
+                flow as u8,
+            ],
+            payload_len_be: (payload as u16).to_be(),
+            next: proto,
+            hop: 64,
+            src,
+            dst: b.addr.0,
+        };
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { ptr_at::<Ipv6Hdr>(ctx, l3)?.write_unaligned(h) };
+    } else {
+        let src = (cfg.encap_src_v4 & !cfg.encap_src_v4_mask) | (entropy & cfg.encap_src_v4_mask);
+        let mut h = Ipv4Hdr {
+            vihl: 0x45,
+            tos: p.tos,
+            tot_len_be: ((payload + size_of::<Ipv4Hdr>()) as u16).to_be(),
+            id_be: 0,
+            frag_be: if p.df { 0x4000u16.to_be() } else { 0 },
+            ttl: 64,
+            proto,
+            csum: 0,
+            src,
+            dst: b.addr.0[0],
+        };
+        h.csum = csum::ipv4(&h);
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { ptr_at::<Ipv4Hdr>(ctx, l3)?.write_unaligned(h) };
+    }
+    if udp_len != 0 {
+        // Source port from the flow, in the ephemeral range, so the backend's RSS spreads flows.
+        let udp = UdpHdr {
+            sport_be: (0xc000 | (entropy & 0x3fff) as u16).to_be(),
+            dport_be: cfg.gue_port_be,
+            len_be: (payload as u16).to_be(),
+            csum: 0,
+        };
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { ptr_at::<UdpHdr>(ctx, l3 + ip_len)?.write_unaligned(udp) };
+    }
+    transmit(b)
+}

@@ -1,0 +1,44 @@
+//! XDP entry points. Each converts the final verdict to an XDP action; nothing else lives here.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod decap;
+mod encap;
+mod forward;
+mod hdr;
+mod icmp;
+mod maps;
+mod parse;
+mod stats;
+mod tables;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// The load balancer: packets to a VIP are encapsulated (or MAC-rewritten) towards a backend.
+#[xdp]
+pub fn xlb_forward(ctx: XdpContext) -> u32 {
+    match forward::run(&ctx) {
+        Ok(action) => action,
+        Err(v) => stats::finish(&ctx, v),
+    }
+}
+
+/// The backend side: strips xlb's encapsulation addressed to this host.
+#[xdp]
+pub fn xlb_decap(ctx: XdpContext) -> u32 {
+    decap::run(&ctx)
+}
+
+/// Passes everything. Attached to veth peers, where XDP_TX/XDP_REDIRECT need a program on the
+/// receiving side, and used as the "trivial" baseline in benchmarks.
+#[xdp]
+pub fn xlb_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,65 @@
+//! Every map of the object. Names and value layouts come from `lb_common`; userspace asserts that
+//! each name in `lb_common::map_names::ALL` exists in the loaded object.
+
+use aya_ebpf::{
+    btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruPerCpuHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    Backend, CONNTRACK_DEFAULT_ENTRIES, FlowKey, FlowState, LbConfig, MAX_BACKENDS, MAX_TX_PORTS,
+    MAX_VIPS, RING_SIZE_DEFAULT, VipKey, VipMeta,
+    stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_COUNT, VipStats},
+};
+
+/// Kernel flag letting inner arrays of one outer map differ in size (ring size is per VIP).
+const BPF_F_INNER_MAP: usize = 1 << 12;
+
+/// (address, port, protocol) -> VIP; port 0 is the all-ports wildcard. Written by the daemon.
+/// A hash map: exact-match lookups on a sparse key space.
+#[btf_map]
+pub static VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new();
+
+/// vip_id -> that VIP's Maglev ring (an array of backend ids). The daemon builds a new inner array
+/// and swaps it in with one update, so a packet sees either the old ring or the new, never a mix.
+#[btf_map]
+pub static RINGS: ArrayOfMaps<
+    Array<u32, { RING_SIZE_DEFAULT as usize }, BPF_F_INNER_MAP>,
+    { MAX_VIPS as usize },
+> = ArrayOfMaps::new();
+
+/// backend_id -> address, next-hop MACs, egress port, state. Written by the daemon before any
+/// ring names the id; an array because ids are dense and lookups are then a bounds check.
+#[btf_map]
+pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// flow -> backend and last-seen time, per CPU (RSS keeps a flow on one CPU, so no locking).
+/// LRU: under a flood of new flows the oldest entries go, and those flows follow the ring.
+#[btf_map]
+pub static CONNTRACK: LruPerCpuHashMap<FlowKey, FlowState, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
+    LruPerCpuHashMap::new();
+
+/// Index 0: run-time settings (hash seed, MTU, encap sources, GUE port).
+#[btf_map]
+pub static CONFIG: Array<LbConfig, 1> = Array::new();
+
+/// Two-arm egress interfaces for XDP_REDIRECT (slot 0 unused).
+#[btf_map]
+pub static TX_PORTS: DevMap<{ MAX_TX_PORTS as usize }> = DevMap::new();
+
+#[btf_map]
+pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// Indexed by `lb_common::stats::Reason`.
+#[btf_map]
+pub static REASON_STATS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// Decap side: local tunnel endpoint addresses (outer destinations this host accepts).
+/// Key: the address; value: its family. Anything addressed elsewhere passes untouched.
+#[btf_map]
+pub static DECAP_ADDRS: HashMap<lb_common::Addr, u32, 64> = HashMap::new();
+
+#[btf_map]
+pub static DECAP_STATS: PerCpuArray<Counter, { DECAP_STATS_COUNT as usize }> = PerCpuArray::new();

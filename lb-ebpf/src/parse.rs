@@ -1,0 +1,311 @@
+//! Bounds-checked packet access and the header walk that turns a frame into a `Parsed` summary.
+//!
+//! Offsets are kept provably small (VLAN depth, IHL, a bounded IPv6 extension walk) so the
+//! verifier can check every access against `data_end`.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    Addr, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, Packet},
+    stats::Reason,
+};
+
+use crate::{hdr::*, stats::Verdict};
+
+/// IPv6 extension headers walked before giving up (hop-by-hop, routing, fragment, dest-opts).
+const MAX_EXT_HDRS: usize = 4;
+
+pub struct Parsed {
+    pub pkt: Packet,
+    /// Offset of the IP header (14, 18 or 22).
+    pub l3_off: usize,
+    /// IP datagram length from its header (excludes Ethernet padding).
+    pub l3_len: usize,
+    /// IPv4 DF bit (always true for IPv6, which routers never fragment).
+    pub df: bool,
+    /// DSCP/ECN, copied to the outer header.
+    pub tos: u8,
+}
+
+/// Largest L3 offset: Ethernet plus two VLAN tags.
+pub const MAX_L3_OFF: usize = 22;
+
+/// Re-establish the bound of an L3 offset that travelled through a stack copy: the verifier
+/// (6.x) forgets scalar ranges across such spills and then rejects `pkt + off`.
+#[inline(always)]
+pub fn bound_l3(off: usize) -> Result<usize, Verdict> {
+    if off > MAX_L3_OFF {
+        return Err(Verdict::drop(Reason::DropMalformed));
+    }
+    Ok(off)
+}
+
+/// A pointer to a `T` at `off`, if the packet holds it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Verdict> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return Err(Verdict::drop(Reason::DropMalformed));
+    }
+    Ok((start + off) as *mut T)
+}
+
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Verdict> {
+    let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: ptr_at checked that size_of::<T>() bytes at p lie inside the packet.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+/// Ethernet and up to two VLAN tags: the offset of the L3 header and its ethertype.
+#[inline(always)]
+pub fn l2(ctx: &XdpContext) -> Result<(usize, u16), Verdict> {
+    let eth: EthHdr = read(ctx, 0)?;
+    let mut proto = eth.proto_be;
+    let mut off = size_of::<EthHdr>();
+    if proto == ETH_P_8021Q_BE || proto == ETH_P_8021AD_BE {
+        proto = read::<u16>(ctx, off + 2)?;
+        off += 4;
+        if proto == ETH_P_8021Q_BE || proto == ETH_P_8021AD_BE {
+            proto = read::<u16>(ctx, off + 2)?;
+            off += 4;
+        }
+    }
+    Ok((off, proto))
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
+    let (l3_off, proto) = l2(ctx)?;
+    if proto == ETH_P_IPV4_BE {
+        parse_v4(ctx, l3_off)
+    } else if proto == ETH_P_IPV6_BE {
+        parse_v6(ctx, l3_off)
+    } else {
+        Err(Verdict::pass(Reason::PassNotIp))
+    }
+}
+
+#[inline(always)]
+fn ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), Verdict> {
+    let p: [u16; 2] = read(ctx, off)?;
+    Ok((p[0], p[1]))
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
+    let ip: Ipv4Hdr = read(ctx, l3_off)?;
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be(ip.tot_len_be) as usize;
+    if ip.vihl >> 4 != 4
+        || ihl < size_of::<Ipv4Hdr>()
+        || tot_len < ihl
+        || ctx.data() + l3_off + tot_len > ctx.data_end()
+    {
+        return Err(Verdict::drop(Reason::DropMalformed));
+    }
+    let frag = u16::from_be(ip.frag_be);
+    let mut key = FlowKey {
+        src: Addr::v4(ip.src),
+        dst: Addr::v4(ip.dst),
+        proto: ip.proto,
+        family: FAMILY_V4,
+        ..FlowKey::default()
+    };
+    let mut out = Parsed {
+        pkt: Packet::default(),
+        l3_off,
+        l3_len: tot_len,
+        df: frag & 0x4000 != 0,
+        tos: ip.tos,
+    };
+    // MF set or a non-zero offset: ports are absent (later fragments) or must be ignored.
+    if frag & 0x3fff != 0 {
+        if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
+            return Err(Verdict::pass(Reason::PassProto));
+        }
+        out.pkt = Packet {
+            key,
+            kind: PKT_FRAGMENT,
+            syn: false,
+        };
+        return Ok(out);
+    }
+    let l4 = l3_off + ihl;
+    match ip.proto {
+        PROTO_TCP => {
+            let tcp: TcpHead = read(ctx, l4)?;
+            key.src_port_be = tcp.sport_be;
+            key.dst_port_be = tcp.dport_be;
+            out.pkt = Packet {
+                key,
+                kind: PKT_NORMAL,
+                syn: tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            };
+        }
+        PROTO_UDP => {
+            let udp: UdpHdr = read(ctx, l4)?;
+            key.src_port_be = udp.sport_be;
+            key.dst_port_be = udp.dport_be;
+            out.pkt = Packet {
+                key,
+                kind: PKT_NORMAL,
+                syn: false,
+            };
+        }
+        PROTO_ICMP => {
+            let icmp: IcmpHdr = read(ctx, l4)?;
+            // Destination unreachable (incl. fragmentation needed) and time exceeded quote the
+            // offending packet: route them to the backend that owns that flow.
+            if icmp.kind != 3 && icmp.kind != 11 {
+                return Err(Verdict::pass(Reason::PassIcmp));
+            }
+            out.pkt = Packet {
+                key: inner_v4(ctx, l4 + size_of::<IcmpHdr>())?,
+                kind: PKT_ICMP_ERROR,
+                syn: false,
+            };
+        }
+        _ => return Err(Verdict::pass(Reason::PassProto)),
+    }
+    Ok(out)
+}
+
+/// The quoted IPv4 packet of an ICMP error, flipped to the client -> VIP direction.
+#[inline(always)]
+fn inner_v4(ctx: &XdpContext, off: usize) -> Result<FlowKey, Verdict> {
+    let ip: Ipv4Hdr = read(ctx, off)?;
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4
+        || ihl < size_of::<Ipv4Hdr>()
+        || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP)
+    {
+        return Err(Verdict::pass(Reason::PassIcmp));
+    }
+    let (sport, dport) = ports(ctx, off + ihl)?;
+    Ok(FlowKey {
+        src: Addr::v4(ip.dst),
+        dst: Addr::v4(ip.src),
+        src_port_be: dport,
+        dst_port_be: sport,
+        proto: ip.proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
+    let ip: Ipv6Hdr = read(ctx, l3_off)?;
+    let l3_len = size_of::<Ipv6Hdr>() + u16::from_be(ip.payload_len_be) as usize;
+    if ip.vtcfl[0] >> 4 != 6 || ctx.data() + l3_off + l3_len > ctx.data_end() {
+        return Err(Verdict::drop(Reason::DropMalformed));
+    }
+    let mut key = FlowKey {
+        src: Addr(ip.src),
+        dst: Addr(ip.dst),
+        family: FAMILY_V6,
+        ..FlowKey::default()
+    };
+    let tos = (ip.vtcfl[0] << 4) | (ip.vtcfl[1] >> 4);
+    let mut out = Parsed {
+        pkt: Packet::default(),
+        l3_off,
+        l3_len,
+        df: true,
+        tos,
+    };
+
+    let mut next = ip.next;
+    let mut off = l3_off + size_of::<Ipv6Hdr>();
+    let mut fragment = false;
+    for _ in 0..MAX_EXT_HDRS {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units after the first 8.
+            0 | 43 | 60 => {
+                let h: [u8; 2] = read(ctx, off)?;
+                next = h[0];
+                off += (h[1] as usize + 1) * 8;
+            }
+            44 => {
+                let h: [u8; 4] = read(ctx, off)?;
+                next = h[0];
+                // Offset (13 bits) or M flag: any fragment, first or later.
+                if (h[2] as u16) << 8 | (h[3] as u16 & 0xf9) != 0 {
+                    fragment = true;
+                }
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    key.proto = next;
+    if fragment {
+        if next != PROTO_TCP && next != PROTO_UDP {
+            return Err(Verdict::pass(Reason::PassProto));
+        }
+        out.pkt = Packet {
+            key,
+            kind: PKT_FRAGMENT,
+            syn: false,
+        };
+        return Ok(out);
+    }
+    match next {
+        PROTO_TCP => {
+            let tcp: TcpHead = read(ctx, off)?;
+            key.src_port_be = tcp.sport_be;
+            key.dst_port_be = tcp.dport_be;
+            out.pkt = Packet {
+                key,
+                kind: PKT_NORMAL,
+                syn: tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            };
+        }
+        PROTO_UDP => {
+            let udp: UdpHdr = read(ctx, off)?;
+            key.src_port_be = udp.sport_be;
+            key.dst_port_be = udp.dport_be;
+            out.pkt = Packet {
+                key,
+                kind: PKT_NORMAL,
+                syn: false,
+            };
+        }
+        PROTO_ICMPV6 => {
+            let icmp: IcmpHdr = read(ctx, off)?;
+            // Destination unreachable, packet too big, time exceeded.
+            if icmp.kind == 0 || icmp.kind > 3 {
+                return Err(Verdict::pass(Reason::PassIcmp));
+            }
+            out.pkt = Packet {
+                key: inner_v6(ctx, off + size_of::<IcmpHdr>())?,
+                kind: PKT_ICMP_ERROR,
+                syn: false,
+            };
+        }
+        0 | 43 | 44 | 60 => return Err(Verdict::pass(Reason::PassExtHeaders)),
+        _ => return Err(Verdict::pass(Reason::PassProto)),
+    }
+    Ok(out)
+}
+
+#[inline(always)]
+fn inner_v6(ctx: &XdpContext, off: usize) -> Result<FlowKey, Verdict> {
+    let ip: Ipv6Hdr = read(ctx, off)?;
+    if ip.next != PROTO_TCP && ip.next != PROTO_UDP {
+        return Err(Verdict::pass(Reason::PassIcmp));
+    }
+    let (sport, dport) = ports(ctx, off + size_of::<Ipv6Hdr>())?;
+    Ok(FlowKey {
+        src: Addr(ip.dst),
+        dst: Addr(ip.src),
+        src_port_be: dport,
+        dst_port_be: sport,
+        proto: ip.next,
+        family: FAMILY_V6,
+        _pad: [0; 2],
+    })
+}

@@ -1,0 +1,94 @@
+//! The verdict that carries early exits through `?`, and tiny per-CPU counter helpers.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{decision::Pick, stats::Reason};
+
+use crate::maps::{BACKEND_STATS, REASON_STATS, VIP_STATS};
+
+/// An early exit: the XDP action and the reason it is counted under.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u32,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn pass(reason: Reason) -> Self {
+        Verdict {
+            action: xdp_action::XDP_PASS,
+            reason,
+        }
+    }
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Verdict {
+            action: xdp_action::XDP_DROP,
+            reason,
+        }
+    }
+    /// Pass and drop reasons as the decision reports them.
+    #[inline(always)]
+    pub const fn of(reason: Reason) -> Self {
+        match reason {
+            Reason::PassNotIp
+            | Reason::PassNotVip
+            | Reason::PassFragment
+            | Reason::PassIcmp
+            | Reason::PassProto
+            | Reason::PassExtHeaders => Verdict::pass(reason),
+            _ => Verdict::drop(reason),
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_reason(reason: Reason, bytes: u64) {
+    if let Some(c) = REASON_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot of an array map; only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+/// Count an early exit and return its action.
+#[inline(always)]
+pub fn finish(ctx: &XdpContext, v: Verdict) -> u32 {
+    count_reason(v.reason, (ctx.data_end() - ctx.data()) as u64);
+    v.action
+}
+
+#[inline(always)]
+pub fn count_forward(vip_id: u32, backend_id: u32, pick: Pick, stateful: bool, bytes: u64) {
+    let fresh = stateful && pick != Pick::Tracked;
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot of an array map; only this CPU writes it.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes;
+            if stateful {
+                if pick == Pick::Tracked {
+                    (*s).conntrack_hits += 1;
+                } else {
+                    (*s).conntrack_misses += 1;
+                    (*s).new_flows += 1;
+                }
+            }
+            if pick == Pick::Failover {
+                (*s).failovers += 1;
+            }
+        }
+    }
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: as above.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes;
+            if fresh {
+                (*s).new_flows += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Loading the XDP object and typed access to its maps.
+//!
+//! Write order matters to packets in flight: backends before ring slots that name them, a ring
+//! before the VIP that uses it is published, and VIPs unpublished before their ring or backends go.
+
+mod error;
+
+use std::{collections::HashMap, os::fd::AsFd as _};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, ArrayOfMaps, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap,
+    },
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+};
+pub use error::DataplaneError;
+use lb_common::{
+    Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta, map_names as names,
+    stats::{BackendStats, Counter, REASON_COUNT, Reason, VipStats},
+};
+
+use crate::EBPF_OBJECT;
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Conntrack capacity (entries).
+    pub conntrack_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            conntrack_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
+        }
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+/// Sum a per-CPU value over CPUs.
+trait Accumulate: Default + Copy {
+    fn add(&mut self, other: &Self);
+}
+
+impl Accumulate for Counter {
+    fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+}
+
+impl Accumulate for VipStats {
+    fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+        self.conntrack_hits += o.conntrack_hits;
+        self.conntrack_misses += o.conntrack_misses;
+        self.failovers += o.failovers;
+    }
+}
+
+impl Accumulate for BackendStats {
+    fn add(&mut self, o: &Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.new_flows += o.new_flows;
+    }
+}
+
+impl Dataplane {
+    /// Load (and verify) every program of the embedded object and create its maps.
+    pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::EmptyObject);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::CONNTRACK, opts.conntrack_entries)
+            .load(EBPF_OBJECT)?;
+        for name in names::ALL {
+            if ebpf.map(name).is_none() {
+                return Err(DataplaneError::MissingMap(name));
+            }
+        }
+        for name in [
+            lb_common::prog_names::FORWARD,
+            lb_common::prog_names::DECAP,
+            lb_common::prog_names::PASS,
+        ] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()?;
+            prog.load().map_err(|source| DataplaneError::Verifier {
+                program: name,
+                source,
+            })?;
+        }
+        Ok(Dataplane { ebpf })
+    }
+
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
+            .try_into()?)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
+    pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        let mut a: Array<_, LbConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        Ok(a.set(0, cfg, 0)?)
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<_, VipKey, VipMeta> =
+            BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
+        Ok(m.insert(key, meta, 0)?)
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<_, VipKey, VipMeta> =
+            BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
+        Ok(m.remove(key)?)
+    }
+
+    pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
+        let mut a: Array<_, Backend> = Array::try_from(self.map_mut(names::BACKENDS)?)?;
+        Ok(a.set(id, b, 0)?)
+    }
+
+    /// Publish a complete ring for `vip_id`: a new inner array is filled, then swapped in with one
+    /// map update, so packets see the old ring or the new one and never a mix.
+    pub fn set_ring(&mut self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        let len =
+            u32::try_from(table.len()).map_err(|_| DataplaneError::RingTooLarge(table.len()))?;
+        let mut inner: Array<MapData, u32> = Array::create(len, 0)?;
+        for (slot, id) in table.iter().enumerate() {
+            if *id != 0 {
+                inner.set(slot as u32, id, 0)?;
+            }
+        }
+        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map_mut(names::RINGS)?)?;
+        rings.set(vip_id, &inner, 0)?;
+        Ok(())
+    }
+
+    /// Read back the ring currently published for `vip_id`.
+    pub fn ring(&self, vip_id: u32) -> Result<Vec<u32>, DataplaneError> {
+        let rings: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map(names::RINGS)?)?;
+        let inner = rings.get(&vip_id, 0)?;
+        inner
+            .iter()
+            .map(|r| r.map_err(DataplaneError::from))
+            .collect()
+    }
+
+    pub fn set_tx_port(&mut self, slot: u32, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut d: DevMap<_> = DevMap::try_from(self.map_mut(names::TX_PORTS)?)?;
+        Ok(d.set(slot, ifindex, None, 0)?)
+    }
+
+    /// Tunnel endpoint addresses the decap program accepts (value: GUE port, 0 = default).
+    pub fn set_decap_addr(
+        &mut self,
+        addr: &lb_common::Addr,
+        gue_port: u16,
+    ) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<_, lb_common::Addr, u32> =
+            BpfHashMap::try_from(self.map_mut(names::DECAP_ADDRS)?)?;
+        Ok(m.insert(addr, gue_port as u32, 0)?)
+    }
+
+    fn sum<V: aya::Pod + Accumulate>(
+        &self,
+        map: &'static str,
+        index: u32,
+    ) -> Result<V, DataplaneError> {
+        let a: PerCpuArray<_, V> = PerCpuArray::try_from(self.map(map)?)?;
+        let mut total = V::default();
+        for v in a.get(&index, 0)?.iter() {
+            total.add(v);
+        }
+        Ok(total)
+    }
+
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats, DataplaneError> {
+        self.sum(names::VIP_STATS, vip_id)
+    }
+
+    pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats, DataplaneError> {
+        self.sum(names::BACKEND_STATS, backend_id)
+    }
+
+    pub fn reason_stats(&self) -> Result<HashMap<Reason, Counter>, DataplaneError> {
+        let mut out = HashMap::new();
+        for r in Reason::ALL {
+            out.insert(r, self.sum::<Counter>(names::REASON_STATS, r as u32)?);
+        }
+        debug_assert_eq!(out.len(), REASON_COUNT as usize);
+        Ok(out)
+    }
+
+    pub fn decap_stats(&self, index: u32) -> Result<Counter, DataplaneError> {
+        self.sum(names::DECAP_STATS, index)
+    }
+
+    /// Tracked flows: for each key, the backend of every CPU that tracks it.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Vec<FlowState>)>, DataplaneError> {
+        let m: PerCpuHashMap<_, FlowKey, FlowState> =
+            PerCpuHashMap::try_from(self.map(names::CONNTRACK)?)?;
+        let mut out = Vec::new();
+        for entry in m.iter() {
+            let (k, vals) = entry?;
+            out.push((
+                k,
+                vals.iter().copied().filter(|v| v.backend_id != 0).collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Remove every conntrack entry (tests; `xlb flows flush`).
+    pub fn flush_conntrack(&mut self) -> Result<(), DataplaneError> {
+        let mut m: PerCpuHashMap<_, FlowKey, FlowState> =
+            PerCpuHashMap::try_from(self.map_mut(names::CONNTRACK)?)?;
+        let keys: Vec<FlowKey> = m.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            m.remove(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Run `program` once on `frame` through BPF_PROG_TEST_RUN; returns the action and the output.
+    pub fn test_run(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+    ) -> Result<TestOutput, DataplaneError> {
+        let prog = self.program(program)?;
+        // Room for the largest head growth (encapsulation, ICMP replies) beyond the input.
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let r = prog
+            .test_run(opts)
+            .map_err(|source| DataplaneError::TestRun { source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestOutput {
+            action: r.return_value,
+            frame: out,
+            duration: r.duration,
+        })
+    }
+
+    /// The raw program fd, for benchmarks that drive BPF_PROG_TEST_RUN themselves.
+    pub fn program_fd(
+        &mut self,
+        program: &'static str,
+    ) -> Result<std::os::fd::RawFd, DataplaneError> {
+        use std::os::fd::AsRawFd as _;
+        Ok(self.program(program)?.fd()?.as_fd().as_raw_fd())
+    }
+}
+
+#[derive(Debug)]
+pub struct TestOutput {
+    pub action: u32,
+    pub frame: Vec<u8>,
+    pub duration: std::time::Duration,
+}
+
+impl From<ProgramError> for DataplaneError {
+    fn from(source: ProgramError) -> Self {
+        DataplaneError::Program { source }
+    }
+}
