@@ -13,6 +13,10 @@ pub const RING_SIZE_MAX: u32 = 1 << 20;
 /// Two-arm egress ports (devmap slots). Slot 0 is unused: `tx_port == 0` means XDP_TX.
 pub const MAX_TX_PORTS: u32 = 64;
 
+/// Flag of the ring template and of every ring: inner arrays of one outer map may then differ in
+/// size (the kernel compares flags, and sizes only without this flag).
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+
 /// Map names in the object, in one place so userspace can assert they all exist.
 pub mod map_names {
     pub const VIPS: &str = "VIPS";

@@ -11,8 +11,7 @@ use lb_common::{
     stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_COUNT, VipStats},
 };
 
-/// Kernel flag letting inner arrays of one outer map differ in size (ring size is per VIP).
-const BPF_F_INNER_MAP: usize = 1 << 12;
+const BPF_F_INNER_MAP: usize = lb_common::BPF_F_INNER_MAP as usize;
 
 /// (address, port, protocol) -> VIP; port 0 is the all-ports wildcard. Written by the daemon.
 /// A hash map: exact-match lookups on a sparse key space.

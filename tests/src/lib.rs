@@ -1,6 +1,8 @@
 //! Test harness shared by the privileged tests and the demo: throw-away network namespaces and
 //! veth pairs, frame builders, and a data-plane fixture mirrored into the reference model.
 
+pub mod expect;
 pub mod fixture;
 pub mod frames;
+pub mod lb;
 pub mod netns;

@@ -147,7 +147,7 @@ impl Dataplane {
     pub fn set_ring(&mut self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
         let len =
             u32::try_from(table.len()).map_err(|_| DataplaneError::RingTooLarge(table.len()))?;
-        let mut inner: Array<MapData, u32> = Array::create(len, 0)?;
+        let mut inner: Array<MapData, u32> = Array::create(len, lb_common::BPF_F_INNER_MAP)?;
         for (slot, id) in table.iter().enumerate() {
             if *id != 0 {
                 inner.set(slot as u32, id, 0)?;

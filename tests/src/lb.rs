@@ -1,0 +1,164 @@
+//! The standard fixture topology of the data-plane tests: one VIP per mode and family.
+
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, FWD_GUE, FWD_IPIP, FWD_L2, FlowKey, HASH_FIVE_TUPLE, HASH_SRC_IP,
+    RING_SIZE_DEFAULT,
+    decision::{PKT_NORMAL, Packet},
+};
+
+use crate::{fixture::Fixture, frames::Spec};
+
+/// Small prime ring for most VIPs (fast to publish); VIP 1 uses the production size.
+pub const SMALL_RING: u32 = 1021;
+
+pub const V4_BACKENDS: [(u32, &str); 4] = [
+    (1, "10.1.0.1"),
+    (2, "10.1.0.2"),
+    (3, "10.1.0.3"),
+    (4, "10.1.0.4"),
+];
+pub const V6_BACKENDS: [(u32, &str); 3] = [(11, "fd01::1"), (12, "fd01::2"), (13, "fd01::3")];
+
+/// VIP ids of the topology.
+pub const VIP_TCP4: u32 = 1; // 10.0.0.10:80/tcp  IPIP  -> 1,2,3  (ring 65537)
+pub const VIP_UDP4_GUE: u32 = 2; // 10.0.0.10:53/udp  GUE   -> 1,2,3
+pub const VIP_TCP6: u32 = 3; // [fd00::10]:80/tcp IP6IP6 -> 11,12,13
+pub const VIP_TCP6_GUE4: u32 = 4; // [fd00::20]:443/tcp GUE over IPv4 -> 1,2
+pub const VIP_L2_ANY: u32 = 5; // 10.0.0.20:*/tcp L2 DSR, source-IP hash -> 1,2,3,4
+pub const VIP_UDP4_ANY: u32 = 6; // 10.0.0.30:*/udp IPIP -> 1,2
+pub const VIP_UDP6_ANY: u32 = 7; // [fd00::30]:*/udp IP6IP6 -> 11,12
+pub const VIP_TCP4_OVER6: u32 = 8; // 10.0.0.40:80/tcp 4in6 -> 11,12
+pub const VIP_EMPTY: u32 = 9; // 10.0.0.50:80/tcp, no backends
+
+pub fn topology(conntrack_entries: u32) -> Fixture {
+    let mut f = Fixture::new(conntrack_entries);
+    for (id, ip) in V4_BACKENDS.iter().chain(V6_BACKENDS.iter()) {
+        f.add_backend(*id, ip);
+    }
+    let w = |ids: &[u32]| ids.iter().map(|&i| (i, 1)).collect::<Vec<_>>();
+    f.add_vip(
+        VIP_TCP4,
+        "10.0.0.10",
+        80,
+        6,
+        HASH_FIVE_TUPLE,
+        FWD_IPIP,
+        0,
+        RING_SIZE_DEFAULT,
+        &w(&[1, 2, 3]),
+    );
+    f.add_vip(
+        VIP_UDP4_GUE,
+        "10.0.0.10",
+        53,
+        17,
+        HASH_FIVE_TUPLE,
+        FWD_GUE,
+        0,
+        SMALL_RING,
+        &w(&[1, 2, 3]),
+    );
+    f.add_vip(
+        VIP_TCP6,
+        "fd00::10",
+        80,
+        6,
+        HASH_FIVE_TUPLE,
+        FWD_IPIP,
+        0,
+        SMALL_RING,
+        &w(&[11, 12, 13]),
+    );
+    f.add_vip(
+        VIP_TCP6_GUE4,
+        "fd00::20",
+        443,
+        6,
+        HASH_FIVE_TUPLE,
+        FWD_GUE,
+        0,
+        SMALL_RING,
+        &w(&[1, 2]),
+    );
+    f.add_vip(
+        VIP_L2_ANY,
+        "10.0.0.20",
+        0,
+        6,
+        HASH_SRC_IP,
+        FWD_L2,
+        0,
+        SMALL_RING,
+        &w(&[1, 2, 3, 4]),
+    );
+    f.add_vip(
+        VIP_UDP4_ANY,
+        "10.0.0.30",
+        0,
+        17,
+        HASH_FIVE_TUPLE,
+        FWD_IPIP,
+        0,
+        SMALL_RING,
+        &w(&[1, 2]),
+    );
+    f.add_vip(
+        VIP_UDP6_ANY,
+        "fd00::30",
+        0,
+        17,
+        HASH_FIVE_TUPLE,
+        FWD_IPIP,
+        0,
+        SMALL_RING,
+        &w(&[11, 12]),
+    );
+    f.add_vip(
+        VIP_TCP4_OVER6,
+        "10.0.0.40",
+        80,
+        6,
+        HASH_FIVE_TUPLE,
+        FWD_IPIP,
+        0,
+        SMALL_RING,
+        &w(&[11, 12]),
+    );
+    f.add_vip(
+        VIP_EMPTY,
+        "10.0.0.50",
+        80,
+        6,
+        HASH_FIVE_TUPLE,
+        FWD_IPIP,
+        0,
+        SMALL_RING,
+        &[],
+    );
+    f
+}
+
+/// The flow key of a frame spec, computed from the spec (not by the parser under test).
+pub fn key_of(s: &Spec) -> FlowKey {
+    FlowKey {
+        src: s.src.into(),
+        dst: s.dst.into(),
+        src_port_be: s.sport.to_be(),
+        dst_port_be: s.dport.to_be(),
+        proto: s.proto,
+        family: if s.src.is_ipv6() {
+            FAMILY_V6
+        } else {
+            FAMILY_V4
+        },
+        _pad: [0; 2],
+    }
+}
+
+pub fn packet_of(s: &Spec) -> Packet {
+    Packet {
+        key: key_of(s),
+        kind: PKT_NORMAL,
+        syn: s.syn && s.proto == 6,
+    }
+}
