@@ -104,8 +104,8 @@ pub fn forwarded(
         )
         .expect("v4 header");
         h.dont_fragment = df(inner);
-        h.dscp = etherparse::Ipv4Dscp::try_new(tos(inner) >> 2).expect("dscp");
-        h.ecn = etherparse::Ipv4Ecn::try_new(tos(inner) & 3).expect("ecn");
+        h.dscp = etherparse::IpDscp::try_new(tos(inner) >> 2).expect("dscp");
+        h.ecn = etherparse::IpEcn::try_new(tos(inner) & 3).expect("ecn");
         h.header_checksum = h.calc_header_checksum();
         h.write(&mut out).expect("v4 header");
     }
