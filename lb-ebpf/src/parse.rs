@@ -94,6 +94,25 @@ fn ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), Verdict> {
     Ok((p[0], p[1]))
 }
 
+/// Ports (and for TCP the SYN flag) of the TCP or UDP header at `off`; `key.proto` says which.
+#[inline(always)]
+fn transport(ctx: &XdpContext, off: usize, mut key: FlowKey) -> Result<Packet, Verdict> {
+    let mut syn = false;
+    if key.proto == PROTO_TCP {
+        let tcp: TcpHead = read(ctx, off)?;
+        (key.src_port_be, key.dst_port_be) = (tcp.sport_be, tcp.dport_be);
+        syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    } else {
+        let udp: UdpHdr = read(ctx, off)?;
+        (key.src_port_be, key.dst_port_be) = (udp.sport_be, udp.dport_be);
+    }
+    Ok(Packet {
+        key,
+        kind: PKT_NORMAL,
+        syn,
+    })
+}
+
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
     let ip: Ipv4Hdr = read(ctx, l3_off)?;
@@ -107,7 +126,7 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
         return Err(Verdict::drop(Reason::DropMalformed));
     }
     let frag = u16::from_be(ip.frag_be);
-    let mut key = FlowKey {
+    let key = FlowKey {
         src: Addr::v4(ip.src),
         dst: Addr::v4(ip.dst),
         proto: ip.proto,
@@ -135,26 +154,7 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
     }
     let l4 = l3_off + ihl;
     match ip.proto {
-        PROTO_TCP => {
-            let tcp: TcpHead = read(ctx, l4)?;
-            key.src_port_be = tcp.sport_be;
-            key.dst_port_be = tcp.dport_be;
-            out.pkt = Packet {
-                key,
-                kind: PKT_NORMAL,
-                syn: tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-            };
-        }
-        PROTO_UDP => {
-            let udp: UdpHdr = read(ctx, l4)?;
-            key.src_port_be = udp.sport_be;
-            key.dst_port_be = udp.dport_be;
-            out.pkt = Packet {
-                key,
-                kind: PKT_NORMAL,
-                syn: false,
-            };
-        }
+        PROTO_TCP | PROTO_UDP => out.pkt = transport(ctx, l4, key)?,
         PROTO_ICMP => {
             let icmp: IcmpHdr = read(ctx, l4)?;
             // Destination unreachable (incl. fragmentation needed) and time exceeded quote the
@@ -254,26 +254,7 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
         return Ok(out);
     }
     match next {
-        PROTO_TCP => {
-            let tcp: TcpHead = read(ctx, off)?;
-            key.src_port_be = tcp.sport_be;
-            key.dst_port_be = tcp.dport_be;
-            out.pkt = Packet {
-                key,
-                kind: PKT_NORMAL,
-                syn: tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-            };
-        }
-        PROTO_UDP => {
-            let udp: UdpHdr = read(ctx, off)?;
-            key.src_port_be = udp.sport_be;
-            key.dst_port_be = udp.dport_be;
-            out.pkt = Packet {
-                key,
-                kind: PKT_NORMAL,
-                syn: false,
-            };
-        }
+        PROTO_TCP | PROTO_UDP => out.pkt = transport(ctx, off, key)?,
         PROTO_ICMPV6 => {
             let icmp: IcmpHdr = read(ctx, off)?;
             // Destination unreachable, packet too big, time exceeded.
