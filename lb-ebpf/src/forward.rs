@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     VIP_F_NO_CONNTRACK,
-    decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, decide, lookup_vip},
+    decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
     stats::Reason,
 };
 
@@ -20,7 +20,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, Verdict> {
     let p = parse::parse(ctx)?;
     let mut maps = Maps;
     let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
-    // Unconfigured (no CONFIG written yet) behaves as an all-zero config.
+    // Index 0 of an array always exists; the check is for the verifier.
     let cfg = CONFIG.get(0).ok_or(Verdict::pass(Reason::PassNotVip))?;
     let d = decide(&mut maps, &p.pkt, vip, cfg.hash_seed).map_err(Verdict::of)?;
     let backend = BACKENDS
@@ -28,7 +28,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, Verdict> {
         .ok_or(Verdict::drop(Reason::DropBadBackend))?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let action = encap::send(ctx, &p, backend, vip.fwd_mode, cfg)?;
-    let stateful = d.vip.flags & VIP_F_NO_CONNTRACK == 0 && p.pkt.kind == 0;
+    let stateful = d.vip.flags & VIP_F_NO_CONNTRACK == 0 && p.pkt.kind == PKT_NORMAL;
     count_forward(vip.vip_id, d.backend_id, d.pick, stateful, bytes);
     if p.pkt.kind == PKT_FRAGMENT {
         count_reason(Reason::FwdFragment, bytes);

@@ -55,6 +55,12 @@ fn flow_strategy() -> impl Strategy<Value = Spec> {
         })
 }
 
+fn random_flows(runner: &mut TestRunner, n: usize) -> Vec<Spec> {
+    (0..n)
+        .map(|_| flow_strategy().new_tree(runner).expect("flow").current())
+        .collect()
+}
+
 /// The backend the kernel sent `out` to: outer destination address, or destination MAC for L2.
 fn kernel_backend(f: &Fixture, out: &[u8], vlans: u8) -> u32 {
     let l3 = 14 + 4 * vlans as usize;
@@ -108,14 +114,7 @@ fn kernel_and_model_agree_on_random_flows_through_backend_changes() {
     pin_to_cpu0();
     let mut f = topology(1 << 16);
     let mut runner = TestRunner::deterministic();
-    let flows: Vec<Spec> = (0..2000)
-        .map(|_| {
-            flow_strategy()
-                .new_tree(&mut runner)
-                .expect("flow")
-                .current()
-        })
-        .collect();
+    let flows = random_flows(&mut runner, 2000);
     let mut total = 0;
 
     total += agree(&mut f, &flows, "initial");
@@ -145,14 +144,7 @@ fn kernel_and_model_agree_on_random_flows_through_backend_changes() {
     total += agree(&mut f, &flows, "backend 11 down");
 
     // Fresh flows after all the changes.
-    let fresh: Vec<Spec> = (0..2000)
-        .map(|_| {
-            flow_strategy()
-                .new_tree(&mut runner)
-                .expect("flow")
-                .current()
-        })
-        .collect();
+    let fresh = random_flows(&mut runner, 2000);
     total += agree(&mut f, &fresh, "fresh flows");
     println!("kernel and model agreed on {total} packets");
     assert!(total >= 10_000);
