@@ -17,6 +17,10 @@ pub const MAX_TX_PORTS: u32 = 64;
 /// size (the kernel compares flags, and sizes only without this flag).
 pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
+/// Version of the meaning of the maps' bytes. Bump it whenever a key or value changes meaning
+/// (even at the same size): a daemon refuses to adopt pinned maps stamped with another version.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Map names in the object, in one place so userspace can assert they all exist.
 pub mod map_names {
     pub const VIPS: &str = "VIPS";

@@ -30,7 +30,11 @@ pub fn backend_mac(id: u32) -> [u8; 6] {
 
 impl Fixture {
     pub fn new(conntrack_entries: u32) -> Fixture {
-        let dp = Dataplane::load(&LoadOptions { conntrack_entries }).expect("load XDP object");
+        let dp = Dataplane::load(&LoadOptions {
+            conntrack_entries,
+            ..Default::default()
+        })
+        .expect("load XDP object");
         let v6: IpAddr = ENCAP_SRC_V6.parse().expect("v6");
         let cfg = LbConfig {
             encap_src_v6: Addr::from(v6),

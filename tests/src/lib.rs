@@ -4,6 +4,7 @@
 pub mod expect;
 pub mod fixture;
 pub mod frames;
+pub mod lab;
 pub mod lb;
 pub mod netns;
 pub mod topo;

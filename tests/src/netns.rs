@@ -24,21 +24,34 @@ fn ip(args: &[&str]) -> Output {
     out
 }
 
-/// Remove namespaces left behind by test processes that no longer exist.
+/// Whether a `xlbt-<pid>-...` name belongs to a process that no longer exists.
+fn stale(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
+    };
+    let pid = rest.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
+    // SAFETY: kill with signal 0 only probes whether the process exists.
+    pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0)
+}
+
+/// Remove namespaces, pins and lab directories left behind by test processes that no longer
+/// exist (killed runs cannot clean up after themselves).
 pub fn sweep_stale() {
+    for dir in ["/sys/fs/bpf", "/tmp"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if stale(&e.file_name().to_string_lossy()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').nth(1).and_then(|p| p.parse::<i32>().ok());
-        // SAFETY: kill with signal 0 only probes whether the process exists.
-        if let Some(pid) = pid
-            && unsafe { libc::kill(pid, 0) } != 0
-        {
+        if stale(name) {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }

@@ -44,8 +44,74 @@ pub struct BackendHost {
     pub name: String,
     pub addr: Ipv4Addr,
     pub ns: Netns,
-    /// Keeps the decap program loaded and attached.
-    _decap: Dataplane,
+    /// The in-process decap program, when this process attached it.
+    _decap: Option<Dataplane>,
+}
+
+/// The namespaces and links, with no XDP program anywhere yet.
+pub struct Net {
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<BackendHost>,
+}
+
+impl Net {
+    pub fn new(n_backends: usize) -> Net {
+        let client = Netns::new("client");
+        let lb = Netns::new("lb");
+        veth(&client, "c0", &lb, "lc");
+        client.ip(&["addr", "add", "10.0.1.2/24", "dev", "c0"]);
+        client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
+        lb.ip(&["addr", "add", "10.0.1.1/24", "dev", "lc"]);
+        lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut backends = Vec::new();
+        for i in 0..n_backends {
+            let id = i as u32 + 1;
+            let ns = Netns::new(&format!("b{id}"));
+            let (lb_dev, b_dev) = (format!("lb{id}"), format!("b{id}"));
+            veth(&lb, &lb_dev, &ns, &b_dev);
+            let net = i + 2;
+            let addr = Ipv4Addr::new(10, 0, net as u8, 2);
+            lb.ip(&["addr", "add", &format!("10.0.{net}.1/24"), "dev", &lb_dev]);
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &b_dev]);
+            ns.ip(&["route", "add", "default", "via", &format!("10.0.{net}.1")]);
+            ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            let mtu = BACKEND_LINK_MTU.to_string();
+            lb.ip(&["link", "set", &lb_dev, "mtu", &mtu]);
+            ns.ip(&["link", "set", &b_dev, "mtu", &mtu]);
+            backends.push(BackendHost {
+                id,
+                name: format!("backend-{id}"),
+                addr,
+                ns,
+                _decap: None,
+            });
+        }
+        Net {
+            client,
+            lb,
+            backends,
+        }
+    }
+
+    /// Start a TCP and a UDP server on the VIP in every backend; each answers with its name.
+    pub fn start_servers(&self) -> Servers {
+        Net::start_servers_on(&self.backends)
+    }
+
+    pub fn start_servers_on(backends: &[BackendHost]) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for b in backends {
+            let (name, s) = (b.name.clone(), stop.clone());
+            threads.push(b.ns.spawn(move || tcp_server(&name, &s)));
+            let (name, s) = (b.name.clone(), stop.clone());
+            threads.push(b.ns.spawn(move || udp_server(&name, &s)));
+        }
+        // Listeners are bound once the threads run; give them a moment.
+        std::thread::sleep(Duration::from_millis(100));
+        Servers { stop, threads }
+    }
 }
 
 pub struct Topology {
@@ -62,14 +128,11 @@ fn v4(a: Ipv4Addr) -> Addr {
 
 impl Topology {
     pub fn new(n_backends: usize) -> Topology {
-        let client = Netns::new("client");
-        let lb = Netns::new("lb");
-        veth(&client, "c0", &lb, "lc");
-        client.ip(&["addr", "add", "10.0.1.2/24", "dev", "c0"]);
-        client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
-        lb.ip(&["addr", "add", "10.0.1.1/24", "dev", "lc"]);
-        lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-
+        let Net {
+            client,
+            lb,
+            mut backends,
+        } = Net::new(n_backends);
         let mut dp = Dataplane::load(&LoadOptions::default()).expect("load forwarder");
         dp.set_config(&LbConfig {
             encap_src_v4: u32::from_ne_bytes([10, 0, 1, 1]),
@@ -80,30 +143,17 @@ impl Topology {
         })
         .expect("config");
 
-        let mut backends = Vec::new();
-        for i in 0..n_backends {
-            let id = i as u32 + 1;
-            let name = format!("backend-{id}");
-            let ns = Netns::new(&format!("b{id}"));
+        for b in &mut backends {
+            let (id, addr) = (b.id, b.addr);
             let (lb_dev, b_dev) = (format!("lb{id}"), format!("b{id}"));
-            veth(&lb, &lb_dev, &ns, &b_dev);
-            let net = i + 2;
-            let addr = Ipv4Addr::new(10, 0, net as u8, 2);
-            lb.ip(&["addr", "add", &format!("10.0.{net}.1/24"), "dev", &lb_dev]);
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &b_dev]);
-            ns.ip(&["route", "add", "default", "via", &format!("10.0.{net}.1")]);
-            ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
-            let mtu = BACKEND_LINK_MTU.to_string();
-            lb.ip(&["link", "set", &lb_dev, "mtu", &mtu]);
-            ns.ip(&["link", "set", &b_dev, "mtu", &mtu]);
-
             let mut decap = Dataplane::load(&LoadOptions {
                 conntrack_entries: 1024,
+                ..Default::default()
             })
             .expect("load decap");
             decap.set_decap_addr(&v4(addr), 0).expect("decap address");
             {
-                let _in = ns.enter();
+                let _in = b.ns.enter();
                 decap
                     .program(prog_names::DECAP)
                     .expect("decap")
@@ -121,7 +171,7 @@ impl Topology {
                 id,
                 &Backend {
                     addr: v4(addr),
-                    dst_mac: ns.mac(&b_dev),
+                    dst_mac: b.ns.mac(&b_dev),
                     src_mac: lb.mac(&lb_dev),
                     tx_port: slot,
                     family: FAMILY_V4,
@@ -130,13 +180,7 @@ impl Topology {
                 },
             )
             .expect("backend");
-            backends.push(BackendHost {
-                id,
-                name,
-                addr,
-                ns,
-                _decap: decap,
-            });
+            b._decap = Some(decap);
         }
         let mut t = Topology {
             client,
@@ -197,19 +241,8 @@ impl Topology {
         self.publish();
     }
 
-    /// Start a TCP and a UDP server on the VIP in every backend; each answers with its name.
     pub fn start_servers(&self) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for b in &self.backends {
-            let (name, s) = (b.name.clone(), stop.clone());
-            threads.push(b.ns.spawn(move || tcp_server(&name, &s)));
-            let (name, s) = (b.name.clone(), stop.clone());
-            threads.push(b.ns.spawn(move || udp_server(&name, &s)));
-        }
-        // Listeners are bound once the threads run; give them a moment.
-        std::thread::sleep(Duration::from_millis(100));
-        Servers { stop, threads }
+        Net::start_servers_on(&self.backends)
     }
 }
 

@@ -38,4 +38,54 @@ pub enum DataplaneError {
     DevMap(#[from] XdpMapError),
     #[error("ring of {0} entries is too large")]
     RingTooLarge(usize),
+    #[error(transparent)]
+    Adopt(#[from] AdoptError),
+    #[error("parsing the embedded XDP object failed: {0}")]
+    Parse(String),
+    #[error("{op} {path}: {source}")]
+    Pin {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching {program} to {iface}: {source}")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Why pinned state left by another xlb build cannot be adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    #[error(
+        "pinned xlb state in {dir} has layout version {found}, this build uses {expected}: \
+         refusing to adopt maps whose meaning changed. Either run the matching xlb build, or \
+         drop the old state with `xlb detach --pin-dir {dir}` (forwarding stops until the new \
+         daemon attaches, and tracked flows are forgotten)"
+    )]
+    Version {
+        dir: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error(
+        "pinned map {dir}/{map} has {what} {found}, this build expects {expected}: the map \
+         layout changed between builds. Run the matching xlb build, or drop the old state with \
+         `xlb detach --pin-dir {dir}`"
+    )]
+    Shape {
+        dir: String,
+        map: &'static str,
+        what: &'static str,
+        found: u32,
+        expected: u32,
+    },
+    #[error("pinned state in {dir} has maps but no layout stamp ({path}); it was not made by xlb")]
+    Unstamped { dir: String, path: String },
+    #[error("{0}")]
+    Io(String),
 }

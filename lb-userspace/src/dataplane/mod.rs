@@ -3,10 +3,13 @@
 //! Write order matters to packets in flight: backends before ring slots that name them, a ring
 //! before the VIP that uses it is published, and VIPs unpublished before their ring or backends go.
 
+mod attach;
 mod error;
+pub mod pin;
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 
+pub use attach::{AttachMode, Attached};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
@@ -14,30 +17,39 @@ use aya::{
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
-pub use error::DataplaneError;
+pub use error::{AdoptError, DataplaneError};
 use lb_common::{
     Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta, map_names as names,
     stats::{BackendStats, Counter, REASON_COUNT, Reason, VipStats},
 };
+pub use pin::PinState;
 
 use crate::EBPF_OBJECT;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Conntrack capacity (entries).
+    /// Conntrack capacity (entries) of a fresh map; an adopted map keeps its size.
     pub conntrack_entries: u32,
+    /// Pin the maps here (bpffs) and adopt those already pinned; `None`: private maps that go
+    /// away with this process.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             conntrack_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
+            pin_dir: None,
         }
     }
 }
 
 pub struct Dataplane {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    pin_state: PinState,
+    /// Links this process holds, by interface (pinned or not).
+    links: HashMap<String, (&'static str, aya::programs::xdp::XdpLinkId)>,
 }
 
 /// Sum a per-CPU value over CPUs.
@@ -77,9 +89,20 @@ impl Dataplane {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::EmptyObject);
         }
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::CONNTRACK, opts.conntrack_entries)
-            .load(EBPF_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
+        let mut pin_state = PinState::Fresh;
+        if let Some(dir) = &opts.pin_dir {
+            pin::ensure_dir(dir)?;
+            pin_state = pin::check(dir)?;
+            for &name in names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        if let Some(dir) = &opts.pin_dir {
+            pin::stamp(dir)?;
+        }
         for name in names::ALL {
             if ebpf.map(name).is_none() {
                 return Err(DataplaneError::MissingMap(name));
@@ -99,7 +122,29 @@ impl Dataplane {
                 source,
             })?;
         }
-        Ok(Dataplane { ebpf })
+        Ok(Dataplane {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            pin_state,
+            links: HashMap::new(),
+        })
+    }
+
+    /// Whether the maps were adopted from an earlier daemon.
+    pub fn pin_state(&self) -> PinState {
+        self.pin_state
+    }
+
+    pub fn pin_dir(&self) -> Option<&std::path::Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Capacity of the live conntrack map (an adopted map keeps the size it was created with).
+    pub fn conntrack_capacity(&self) -> Result<u32, DataplaneError> {
+        match self.map(names::CONNTRACK)? {
+            aya::maps::Map::PerCpuLruHashMap(m) => Ok(m.info()?.max_entries()),
+            _ => Err(DataplaneError::MissingMap(names::CONNTRACK)),
+        }
     }
 
     pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
@@ -135,6 +180,41 @@ impl Dataplane {
         let mut m: BpfHashMap<_, VipKey, VipMeta> =
             BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
         Ok(m.remove(key)?)
+    }
+
+    /// Every key of the VIPS map.
+    pub fn vip_keys(&self) -> Result<Vec<VipKey>, DataplaneError> {
+        let m: BpfHashMap<_, VipKey, VipMeta> = BpfHashMap::try_from(self.map(names::VIPS)?)?;
+        Ok(m.keys().collect::<Result<_, _>>()?)
+    }
+
+    /// Every non-empty entry of the BACKENDS array.
+    pub fn backends(&self) -> Result<Vec<(u32, Backend)>, DataplaneError> {
+        let a: Array<_, Backend> = Array::try_from(self.map(names::BACKENDS)?)?;
+        let mut out = Vec::new();
+        for (id, b) in a.iter().enumerate() {
+            let b = b?;
+            if b != Backend::default() {
+                out.push((id as u32, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The conntrack entry of one flow on every CPU that tracks it.
+    pub fn flow(&self, key: &FlowKey) -> Result<Vec<(usize, FlowState)>, DataplaneError> {
+        let m: PerCpuHashMap<_, FlowKey, FlowState> =
+            PerCpuHashMap::try_from(self.map(names::CONNTRACK)?)?;
+        match m.get(key, 0) {
+            Ok(vals) => Ok(vals
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|(_, v)| v.backend_id != 0)
+                .collect()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
@@ -184,6 +264,19 @@ impl Dataplane {
         let mut m: BpfHashMap<_, lb_common::Addr, u32> =
             BpfHashMap::try_from(self.map_mut(names::DECAP_ADDRS)?)?;
         Ok(m.insert(addr, gue_port as u32, 0)?)
+    }
+
+    /// The tunnel endpoint addresses the decap program accepts, with their GUE ports.
+    pub fn decap_addrs(&self) -> Result<Vec<(lb_common::Addr, u32)>, DataplaneError> {
+        let m: BpfHashMap<_, lb_common::Addr, u32> =
+            BpfHashMap::try_from(self.map(names::DECAP_ADDRS)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
+    }
+
+    pub fn remove_decap_addr(&mut self, addr: &lb_common::Addr) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<_, lb_common::Addr, u32> =
+            BpfHashMap::try_from(self.map_mut(names::DECAP_ADDRS)?)?;
+        Ok(m.remove(addr)?)
     }
 
     fn sum<V: aya::Pod + Accumulate>(

@@ -1,0 +1,571 @@
+//! The declarative configuration (`/etc/xlb/xlb.toml`): schema, parsing and whole-file
+//! validation. Nothing is applied from a file that has any error; every error names its place.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    str::FromStr,
+};
+
+use lb_common::{
+    FWD_GUE, FWD_IPIP, FWD_L2, HASH_FIVE_TUPLE, HASH_SRC_DST_IP, HASH_SRC_IP, HASH_SRC_IP_DST_PORT,
+    MAX_BACKENDS, MAX_VIPS, PROTO_TCP, PROTO_UDP, RING_SIZE_DEFAULT, RING_SIZE_MAX, maglev,
+};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "/etc/xlb/xlb.toml";
+/// Default seed of the flow hash and of Maglev permutations. Every LB behind one ECMP group
+/// must use the same value, so it is fixed rather than random.
+pub const DEFAULT_HASH_SEED: u32 = 0x786c_6221; // "xlb!"
+/// Largest weight: keeps Maglev's weighted rounds (`claimed * max_weight`) far from overflow.
+pub const MAX_WEIGHT: u32 = 65535;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    #[serde(default, rename = "interface", skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    #[serde(default, rename = "vip", skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<Vip>,
+}
+
+/// Settings that need a daemon restart to change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Control socket (mode 0600, or 0660 with `socket_group`).
+    pub socket: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Where the running desired state is persisted for restarts.
+    pub state_file: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Conntrack capacity (flows per CPU) when the maps are created.
+    pub conntrack_entries: u32,
+    /// Default Maglev ring size (prime).
+    pub ring_size: u32,
+    /// A removed backend keeps serving its tracked flows until none has been active for this
+    /// long...
+    pub drain_idle_secs: u32,
+    /// ...or at most this long.
+    pub drain_timeout_secs: u32,
+    /// How often next-hop MAC addresses are re-resolved.
+    pub nexthop_refresh_secs: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: "/run/xlb/xlb.sock".into(),
+            socket_group: None,
+            state_file: "/var/lib/xlb/state.json".into(),
+            pin_dir: "/sys/fs/bpf/xlb".into(),
+            conntrack_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
+            ring_size: RING_SIZE_DEFAULT,
+            drain_idle_secs: 30,
+            drain_timeout_secs: 300,
+            nexthop_refresh_secs: 5,
+        }
+    }
+}
+
+/// Data-plane settings that may change at run time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Forwarding {
+    /// Largest packet (L3) that may leave after encapsulation; larger DF packets get ICMP
+    /// fragmentation-needed / packet-too-big.
+    pub mtu: u16,
+    pub gue_port: u16,
+    /// Outer source address for IPv4 encapsulation (required when any backend is IPv4 and
+    /// its VIP encapsulates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encap_source_v4: Option<Ipv4Addr>,
+    /// Low bits of the outer IPv4 source taken from the flow hash (spreads backends' RSS).
+    pub encap_source_v4_hash_bits: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encap_source_v6: Option<Ipv6Addr>,
+    pub encap_source_v6_hash_bits: u8,
+    /// Seed of the flow hash and the Maglev tables: identical on every LB of an ECMP group.
+    pub hash_seed: u32,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding {
+            mtu: lb_common::MTU_DEFAULT,
+            gue_port: lb_common::GUE_PORT_DEFAULT,
+            encap_source_v4: None,
+            encap_source_v4_hash_bits: 0,
+            encap_source_v6: None,
+            encap_source_v6_hash_bits: 0,
+            hash_seed: DEFAULT_HASH_SEED,
+        }
+    }
+}
+
+pub use crate::dataplane::AttachMode;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default = "native")]
+    pub mode: AttachMode,
+}
+
+fn native() -> AttachMode {
+    AttachMode::Native
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashMode {
+    /// Source and destination address and port, protocol (default).
+    #[default]
+    FiveTuple,
+    /// Session affinity: all flows of a client on one backend.
+    SrcIp,
+    SrcDstIp,
+    SrcIpDstPort,
+}
+
+impl HashMode {
+    pub fn code(self) -> u8 {
+        match self {
+            HashMode::FiveTuple => HASH_FIVE_TUPLE,
+            HashMode::SrcIp => HASH_SRC_IP,
+            HashMode::SrcDstIp => HASH_SRC_DST_IP,
+            HashMode::SrcIpDstPort => HASH_SRC_IP_DST_PORT,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FwdMode {
+    /// IP-in-IP with the backend's family (IPIP, IPv6-in-IPv6, 4in6, 6in4).
+    #[default]
+    Ipip,
+    /// GUE (UDP) encapsulation.
+    Gue,
+    /// L2 direct server return: backends on the same segment, only the MAC is rewritten.
+    L2,
+}
+
+impl FwdMode {
+    pub fn code(self) -> u8 {
+        match self {
+            FwdMode::Ipip => FWD_IPIP,
+            FwdMode::Gue => FWD_GUE,
+            FwdMode::L2 => FWD_L2,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    pub address: IpAddr,
+    /// 0: every port of the address (wildcard VIP).
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub hash: HashMode,
+    #[serde(default)]
+    pub forwarding: FwdMode,
+    /// Track flows (per-flow failover, stickiness across backend changes).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub conntrack: bool,
+    /// Overrides `daemon.ring_size` for this VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_size: Option<u32>,
+    #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// Share of new flows relative to the VIP's other backends; 0 takes no new flows.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Administratively drained: no new flows, tracked flows continue.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub drain: bool,
+}
+
+/// A VIP's identity: address, port, protocol. Printed and parsed as `10.0.0.1:80/tcp`,
+/// `[2001:db8::1]:443/tcp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VipRef {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for VipRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        match self.address {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{proto}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{proto}", self.port),
+        }
+    }
+}
+
+impl FromStr for VipRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (sock, proto) = s.rsplit_once('/').ok_or_else(|| {
+            format!("{s:?}: expected ADDRESS:PORT/PROTOCOL, e.g. 10.0.0.1:80/tcp")
+        })?;
+        let protocol = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            p => return Err(format!("{s:?}: protocol {p:?} is not tcp or udp")),
+        };
+        let sa: std::net::SocketAddr = sock
+            .parse()
+            .map_err(|_| format!("{s:?}: {sock:?} is not ADDRESS:PORT ([v6]:PORT for IPv6)"))?;
+        Ok(VipRef {
+            address: sa.ip(),
+            port: sa.port(),
+            protocol,
+        })
+    }
+}
+
+impl Vip {
+    pub fn id(&self) -> VipRef {
+        VipRef {
+            address: self.address,
+            port: self.port,
+            protocol: self.protocol,
+        }
+    }
+
+    pub fn new(id: VipRef) -> Vip {
+        Vip {
+            address: id.address,
+            port: id.port,
+            protocol: id.protocol,
+            hash: HashMode::default(),
+            forwarding: FwdMode::default(),
+            conntrack: true,
+            ring_size: None,
+            backends: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate a whole file; every problem is reported, none is applied.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise: {e}\n"))
+    }
+
+    pub fn vip(&self, id: &VipRef) -> Option<&Vip> {
+        self.vips.iter().find(|v| v.id() == *id)
+    }
+
+    pub fn vip_mut(&mut self, id: &VipRef) -> Option<&mut Vip> {
+        self.vips.iter_mut().find(|v| v.id() == *id)
+    }
+
+    pub fn ring_size(&self, vip: &Vip) -> u32 {
+        vip.ring_size.unwrap_or(self.daemon.ring_size)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        let d = &self.daemon;
+        check_ring("daemon.ring_size", d.ring_size, &mut errs);
+        if d.conntrack_entries == 0 || d.conntrack_entries > 1 << 26 {
+            errs.push(format!(
+                "daemon.conntrack_entries: {} is outside 1..={}",
+                d.conntrack_entries,
+                1u32 << 26
+            ));
+        }
+        if d.socket.as_os_str().is_empty() || d.state_file.as_os_str().is_empty() {
+            errs.push("daemon: socket and state_file must not be empty".into());
+        }
+        if !d.pin_dir.starts_with("/sys/fs/bpf") {
+            errs.push(format!(
+                "daemon.pin_dir: {} is not under /sys/fs/bpf (pins need bpffs)",
+                d.pin_dir.display()
+            ));
+        }
+        if d.nexthop_refresh_secs == 0 {
+            errs.push("daemon.nexthop_refresh_secs: must be at least 1".into());
+        }
+        let f = &self.forwarding;
+        if f.mtu < 1280 {
+            errs.push(format!("forwarding.mtu: {} is below 1280", f.mtu));
+        }
+        if f.gue_port == 0 {
+            errs.push("forwarding.gue_port: must not be 0".into());
+        }
+        if f.encap_source_v4_hash_bits > 16 || f.encap_source_v6_hash_bits > 32 {
+            errs.push(
+                "forwarding: encap_source_v4_hash_bits must be <= 16 and encap_source_v6_hash_bits <= 32"
+                    .into(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains('/') {
+                errs.push(format!(
+                    "interface[{i}]: {:?} is not an interface name",
+                    iface.name
+                ));
+            }
+            if !names.insert(&iface.name) {
+                errs.push(format!("interface[{i}]: {} is listed twice", iface.name));
+            }
+        }
+        if self.vips.len() > MAX_VIPS as usize {
+            errs.push(format!(
+                "{} VIPs configured, the data plane holds at most {MAX_VIPS}",
+                self.vips.len()
+            ));
+        }
+        let total: usize = self.vips.iter().map(|v| v.backends.len()).sum();
+        if total >= MAX_BACKENDS as usize {
+            errs.push(format!(
+                "{total} backends configured over all VIPs, the data plane holds at most {}",
+                MAX_BACKENDS - 1
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, v) in self.vips.iter().enumerate() {
+            let at = format!("vip[{i}] {}", v.id());
+            if !seen.insert(v.id()) {
+                errs.push(format!("{at}: defined twice"));
+            }
+            if v.address.is_unspecified() || v.address.is_multicast() {
+                errs.push(format!("{at}: address {} cannot be a VIP", v.address));
+            }
+            if let Some(m) = v.ring_size {
+                check_ring(&format!("{at}: ring_size"), m, &mut errs);
+            }
+            let m = self.ring_size(v);
+            let weighted = v
+                .backends
+                .iter()
+                .filter(|b| b.weight > 0 && !b.drain)
+                .count();
+            if weighted as u64 * 10 > m as u64 {
+                errs.push(format!(
+                    "{at}: {weighted} backends need a ring of at least 10x as many slots (ring_size {m})"
+                ));
+            }
+            let mut addrs = BTreeSet::new();
+            for (j, b) in v.backends.iter().enumerate() {
+                let at = format!("{at} backend[{j}] {}", b.address);
+                if !addrs.insert(b.address) {
+                    errs.push(format!("{at}: listed twice in this VIP"));
+                }
+                if b.address.is_unspecified() || b.address.is_multicast() {
+                    errs.push(format!("{at}: not a usable backend address"));
+                }
+                if b.weight > MAX_WEIGHT {
+                    errs.push(format!("{at}: weight {} exceeds {MAX_WEIGHT}", b.weight));
+                }
+                if v.forwarding != FwdMode::L2 {
+                    match b.address {
+                        IpAddr::V4(_) if f.encap_source_v4.is_none() => errs.push(format!(
+                            "{at}: IPv4 backend of an encapsulating VIP needs forwarding.encap_source_v4"
+                        )),
+                        IpAddr::V6(_) if f.encap_source_v6.is_none() => errs.push(format!(
+                            "{at}: IPv6 backend of an encapsulating VIP needs forwarding.encap_source_v6"
+                        )),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errs))
+        }
+    }
+}
+
+fn check_ring(at: &str, m: u32, errs: &mut Vec<String>) {
+    if !(3..=RING_SIZE_MAX).contains(&m) || !maglev::is_prime(m) {
+        errs.push(format!(
+            "{at}: {m} must be a prime between 3 and {RING_SIZE_MAX} (e.g. 65537)"
+        ));
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} error", self.0.len())?;
+        if self.0.len() != 1 {
+            write!(f, "s")?;
+        }
+        write!(f, "):")?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[forwarding]
+encap_source_v4 = "10.0.0.1"
+
+[[interface]]
+name = "eth0"
+
+[[vip]]
+address = "10.100.0.1"
+port = 80
+protocol = "tcp"
+hash = "src-ip"
+
+[[vip.backend]]
+address = "10.0.1.1"
+weight = 2
+
+[[vip.backend]]
+address = "10.0.1.2"
+drain = true
+"#;
+
+    #[test]
+    fn parses_and_round_trips() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.vips[0].hash, HashMode::SrcIp);
+        assert_eq!(c.vips[0].backends[1].weight, 1);
+        assert!(c.vips[0].backends[1].drain);
+        assert_eq!(c.interfaces[0].mode, AttachMode::Native);
+        let again = Config::parse(&c.to_toml()).expect("export parses");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn reports_every_error_with_its_place() {
+        let bad = GOOD.replace("weight = 2", "weight = 70000").replace(
+            "[[vip.backend]]\naddress = \"10.0.1.2\"",
+            "[[vip.backend]]\naddress = \"10.0.1.1\"",
+        ) + "\n[daemon]\nring_size = 65536\n";
+        let e = Config::parse(&bad).expect_err("invalid");
+        let text = e.to_string();
+        assert_eq!(e.0.len(), 3, "{text}");
+        assert!(
+            text.contains("daemon.ring_size: 65536 must be a prime"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vip[0] 10.100.0.1:80/tcp backend[0] 10.0.1.1: weight 70000"),
+            "{text}"
+        );
+        assert!(text.contains("backend[1] 10.0.1.1: listed twice"), "{text}");
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_point_at_the_line() {
+        let e = Config::parse(
+            "[[vip]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\nwieght = 3\n",
+        )
+        .expect_err("unknown key");
+        let text = e.to_string();
+        assert!(text.contains("line 5") && text.contains("wieght"), "{text}");
+        let e = Config::parse("[[vip]]\naddress = 10.0.0.1\n").expect_err("syntax");
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn encapsulation_needs_a_source() {
+        let e = Config::parse(&GOOD.replace("encap_source_v4 = \"10.0.0.1\"", ""))
+            .expect_err("no source");
+        assert!(
+            e.to_string().contains("needs forwarding.encap_source_v4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vip_refs_parse_and_print() {
+        for s in ["10.0.0.1:80/tcp", "[2001:db8::1]:443/udp", "10.0.0.1:0/tcp"] {
+            let r: VipRef = s.parse().expect(s);
+            assert_eq!(r.to_string(), s);
+        }
+        for s in [
+            "10.0.0.1:80",
+            "10.0.0.1/tcp",
+            "10.0.0.1:80/sctp",
+            "host:80/tcp",
+        ] {
+            assert!(s.parse::<VipRef>().is_err(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Pinned state under bpffs: what lets a restarted daemon re-adopt the maps and links of the one
+//! before it, so forwarding never stops. Adoption is refused when the pinned maps were made by a
+//! build whose layout differs; silently reinterpreting old bytes would corrupt every flow.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, MapData, MapInfo};
+use lb_common::{LAYOUT_VERSION, map_names as names};
+
+use super::error::{AdoptError, DataplaneError};
+use crate::EBPF_OBJECT;
+
+/// Name of the stamp map that records which layout the pinned maps have.
+pub const STAMP: &str = "XLB_LAYOUT";
+/// Sub-directory of the pin directory that holds one pinned XDP link per interface.
+pub const LINKS: &str = "links";
+
+/// Flags the kernel or loader add on its own (devmaps become `BPF_F_RDONLY_PROG`).
+const KERNEL_FLAGS: u32 = 1 << 7;
+
+/// What the pin directory held before this load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinState {
+    /// Nothing pinned: maps are created empty.
+    Fresh,
+    /// Maps from an earlier daemon of the same layout: they are reused as they are.
+    Adopted,
+}
+
+fn io(op: &'static str, path: &Path, source: std::io::Error) -> DataplaneError {
+    DataplaneError::Pin {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Check every pinned map in `dir` against this build's object; no map is touched.
+pub fn check(dir: &Path) -> Result<PinState, DataplaneError> {
+    let obj =
+        aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| DataplaneError::Parse(e.to_string()))?;
+    let d = dir.display().to_string();
+    let mut any = false;
+    for &name in names::ALL {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        any = true;
+        let info = MapInfo::from_pin(&path)?;
+        let def = obj.maps.get(name).ok_or(DataplaneError::MissingMap(name))?;
+        let mut checks = vec![
+            ("key size", info.key_size(), def.key_size()),
+            ("value size", info.value_size(), def.value_size()),
+            (
+                "flags",
+                info.map_flags() & !KERNEL_FLAGS,
+                def.map_flags() & !KERNEL_FLAGS,
+            ),
+        ];
+        // Conntrack capacity is an operator setting; the pinned size wins until a cold start.
+        if name != names::CONNTRACK {
+            checks.push(("capacity", info.max_entries(), def.max_entries()));
+        }
+        for (what, found, expected) in checks {
+            if found != expected {
+                return Err(AdoptError::Shape {
+                    dir: d,
+                    map: name,
+                    what,
+                    found,
+                    expected,
+                }
+                .into());
+            }
+        }
+    }
+    let stamp = dir.join(STAMP);
+    if stamp.exists() {
+        let data = MapData::from_pin(&stamp)?;
+        let a: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(data))?;
+        let found = a.get(&0, 0)?;
+        if found != LAYOUT_VERSION {
+            return Err(AdoptError::Version {
+                dir: d,
+                found,
+                expected: LAYOUT_VERSION,
+            }
+            .into());
+        }
+        Ok(PinState::Adopted)
+    } else if any {
+        Err(AdoptError::Unstamped {
+            dir: d,
+            path: stamp.display().to_string(),
+        }
+        .into())
+    } else {
+        Ok(PinState::Fresh)
+    }
+}
+
+/// Record this build's layout beside freshly pinned maps.
+pub fn stamp(dir: &Path) -> Result<(), DataplaneError> {
+    let path = dir.join(STAMP);
+    if path.exists() {
+        return Ok(());
+    }
+    let mut a: Array<MapData, u32> = Array::create(1, 0)?;
+    a.set(0, LAYOUT_VERSION, 0)?;
+    a.pin(&path)
+        .map_err(|e| io("pin", &path, std::io::Error::other(e)))?;
+    Ok(())
+}
+
+/// Path of the pinned link of `iface`.
+pub fn link_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(LINKS).join(iface)
+}
+
+pub fn ensure_dir(dir: &Path) -> Result<(), DataplaneError> {
+    std::fs::create_dir_all(dir.join(LINKS)).map_err(|e| io("create", dir, e))
+}
+
+/// Remove every pin in `dir`: links first (their programs detach once no fd holds them), then
+/// maps. Returns the interfaces whose links were removed.
+pub fn remove_all(dir: &Path) -> Result<Vec<String>, DataplaneError> {
+    let mut ifaces = Vec::new();
+    if !dir.exists() {
+        return Ok(ifaces);
+    }
+    let links = dir.join(LINKS);
+    if let Ok(entries) = std::fs::read_dir(&links) {
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path()).map_err(|err| io("unpin", &e.path(), err))?;
+            ifaces.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| io("remove", dir, e))?;
+    ifaces.sort();
+    Ok(ifaces)
+}

@@ -1,0 +1,895 @@
+//! The running state and how a desired configuration becomes map updates.
+//!
+//! `apply` plans everything that can fail (validation, ids, next hops, Maglev tables) before the
+//! first write, then writes only what changed, in the order packets in flight need: backends
+//! before the rings that name them, a ring before its VIP is published, VIPs unpublished before
+//! their backends go down. The resulting desired state is persisted atomically.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use lb_common::{
+    Addr, BACKEND_F_DOWN, Backend, LbConfig, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS,
+    VIP_F_NO_CONNTRACK, VipKey, VipMeta, family_of,
+    maglev::{self, MaglevBackend},
+    prog_names,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, ConfigError, FwdMode, Vip, VipRef},
+    dataplane::{AttachMode, Dataplane, DataplaneError, pin},
+    nexthop::{NextHop, Resolver},
+};
+
+/// Persisted between daemon runs (JSON, replaced atomically).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Saved {
+    pub version: u32,
+    pub config: Config,
+    /// Digest of the config file this state was last seeded from: a changed file wins over the
+    /// saved state at the next start.
+    #[serde(default)]
+    pub seeded_from: Option<String>,
+    pub ids: Ids,
+    #[serde(default)]
+    pub removing: Vec<Removing>,
+    #[serde(default)]
+    pub attached: Vec<AttachedIface>,
+}
+
+const SAVED_VERSION: u32 = 1;
+
+/// Map ids of VIPs and of backends (one id per VIP membership, so drain, weight and health are
+/// per service, as in ipvsadm).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ids {
+    pub vips: Vec<(VipRef, u32)>,
+    pub backends: Vec<(VipRef, IpAddr, u32)>,
+    /// Next backend id to try: ids are handed out round-robin so a freed id is reused as late
+    /// as possible (a stale conntrack entry then points at a down backend, not a new one).
+    pub cursor: u32,
+}
+
+/// A backend removed without `--now`: out of the ring, still serving its tracked flows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Removing {
+    pub vip: VipRef,
+    pub address: IpAddr,
+    pub id: u32,
+    pub since_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachedIface {
+    pub name: String,
+    pub requested: AttachMode,
+    pub mode: AttachMode,
+}
+
+/// What to do with backends that leave the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Drain first: no new flows, tracked flows continue until idle or the drain timeout.
+    Drain,
+    /// Immediately: marked down, tracked flows are re-picked.
+    Now,
+}
+
+#[derive(Debug)]
+pub enum ApplyError {
+    Invalid(ConfigError),
+    /// Valid, but cannot be realised now (unresolvable next hop, daemon setting changed).
+    Refused(Vec<String>),
+    /// A map write failed; the previous state was restored where possible.
+    Dataplane(String),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Invalid(e) => write!(f, "{e}"),
+            ApplyError::Refused(errs) => {
+                write!(f, "change refused, nothing applied:")?;
+                for e in errs {
+                    write!(f, "\n  - {e}")?;
+                }
+                Ok(())
+            }
+            ApplyError::Dataplane(e) => write!(f, "data plane update failed: {e}"),
+        }
+    }
+}
+
+impl From<DataplaneError> for ApplyError {
+    fn from(e: DataplaneError) -> Self {
+        ApplyError::Dataplane(e.to_string())
+    }
+}
+
+/// What an apply changed (for the CLI and the logs).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub vips_added: usize,
+    pub vips_removed: usize,
+    pub vips_changed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub backends_draining: usize,
+    pub rings_swapped: usize,
+    pub map_writes: usize,
+    pub elapsed_us: u64,
+}
+
+/// One backend as published in `BACKENDS`.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub vip: VipRef,
+    pub address: IpAddr,
+    pub value: Backend,
+    pub nexthop: Option<NextHop>,
+    /// Next hop currently unresolvable: the backend is down until it resolves.
+    pub unresolved: Option<String>,
+}
+
+pub struct Engine {
+    pub dp: Dataplane,
+    pub cfg: Config,
+    pub ids: Ids,
+    pub removing: Vec<Removing>,
+    pub attached: Vec<AttachedIface>,
+    /// Live contents of the maps this engine wrote.
+    pub members: BTreeMap<u32, Member>,
+    pub vip_meta: BTreeMap<VipKey, VipMeta>,
+    pub rings: HashMap<u32, Vec<u32>>,
+    tx_ports: BTreeMap<u32, u32>,
+    resolver: Resolver,
+    seeded_from: Option<String>,
+    pub started: Instant,
+    pub applies: u64,
+    pub ring_rebuilds: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The outer-source mask: the low `bits` of an address in wire order.
+fn low_bits_mask(bits: u8) -> u32 {
+    let host = if bits == 0 {
+        0
+    } else {
+        (u64::MAX >> (64 - bits as u32)) as u32
+    };
+    u32::from_ne_bytes(host.to_be_bytes())
+}
+
+pub fn lb_config(cfg: &Config) -> LbConfig {
+    let f = &cfg.forwarding;
+    LbConfig {
+        encap_src_v6: f
+            .encap_source_v6
+            .map(|a| Addr::from(IpAddr::V6(a)))
+            .unwrap_or_default(),
+        encap_src_v4: f
+            .encap_source_v4
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .unwrap_or(0),
+        encap_src_v4_mask: low_bits_mask(f.encap_source_v4_hash_bits),
+        encap_src_v6_mask: low_bits_mask(f.encap_source_v6_hash_bits),
+        hash_seed: f.hash_seed,
+        mtu: f.mtu,
+        gue_port_be: f.gue_port.to_be(),
+        _pad: 0,
+    }
+}
+
+pub fn vip_key(v: &VipRef) -> VipKey {
+    VipKey {
+        addr: Addr::from(v.address),
+        port_be: v.port.to_be(),
+        proto: v.protocol.number(),
+        family: family_of(&v.address),
+    }
+}
+
+impl Engine {
+    pub fn new(dp: Dataplane, daemon: crate::config::DaemonConfig) -> std::io::Result<Engine> {
+        Ok(Engine {
+            dp,
+            cfg: Config {
+                daemon,
+                ..Config::default()
+            },
+            ids: Ids::default(),
+            removing: Vec::new(),
+            attached: Vec::new(),
+            members: BTreeMap::new(),
+            vip_meta: BTreeMap::new(),
+            rings: HashMap::new(),
+            tx_ports: BTreeMap::new(),
+            resolver: Resolver::new()?,
+            seeded_from: None,
+            started: Instant::now(),
+            applies: 0,
+            ring_rebuilds: 0,
+        })
+    }
+
+    /// Take over ids and pending removals from a saved state before the first apply, so a
+    /// restarted daemon writes exactly the values its predecessor left in the pinned maps.
+    pub fn restore(&mut self, saved: &Saved) {
+        self.ids = saved.ids.clone();
+        self.removing = saved.removing.clone();
+        self.attached = saved.attached.clone();
+        self.seeded_from = saved.seeded_from.clone();
+    }
+
+    pub fn set_seeded_from(&mut self, digest: Option<String>) {
+        self.seeded_from = digest;
+    }
+
+    fn vip_id(&self, v: &VipRef) -> Option<u32> {
+        self.ids
+            .vips
+            .iter()
+            .find(|(r, _)| r == v)
+            .map(|(_, id)| *id)
+    }
+
+    fn backend_id(&self, v: &VipRef, a: &IpAddr) -> Option<u32> {
+        self.ids
+            .backends
+            .iter()
+            .find(|(r, b, _)| r == v && b == a)
+            .map(|(_, _, id)| *id)
+    }
+
+    /// Apply a complete desired configuration.
+    pub async fn apply(
+        &mut self,
+        new: Config,
+        removal: Removal,
+    ) -> Result<ApplyReport, ApplyError> {
+        let t0 = Instant::now();
+        new.validate().map_err(ApplyError::Invalid)?;
+        if new.daemon != self.cfg.daemon {
+            return Err(ApplyError::Refused(vec![
+                "the [daemon] section differs from the running daemon's; it only changes with a restart"
+                    .into(),
+            ]));
+        }
+        let old = (
+            self.cfg.clone(),
+            self.ids.clone(),
+            self.removing.clone(),
+            self.members.clone(),
+        );
+        let plan = self.plan(&new, removal).await?;
+        match self.execute(&new, plan).await {
+            Ok(mut report) => {
+                self.cfg = new;
+                self.applies += 1;
+                report.elapsed_us = t0.elapsed().as_micros() as u64;
+                Ok(report)
+            }
+            Err(e) => {
+                // Put back what was there: the old plan re-applies the old values.
+                warn!(error = %e, "apply failed midway, restoring the previous state");
+                (self.cfg, self.ids, self.removing, self.members) = old;
+                let cfg = self.cfg.clone();
+                if let Ok(p) = self.plan(&cfg, Removal::Now).await {
+                    let _ = self.execute(&cfg, p).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything that can fail, before any write.
+    async fn plan(&mut self, new: &Config, removal: Removal) -> Result<Plan, ApplyError> {
+        let mut ids = self.ids.clone();
+        let mut removing = self.removing.clone();
+        let mut errs = Vec::new();
+        let new_vips: BTreeSet<VipRef> = new.vips.iter().map(Vip::id).collect();
+
+        // VIP ids: keep, free, allocate.
+        ids.vips.retain(|(r, _)| new_vips.contains(r));
+        for v in &new.vips {
+            if !ids.vips.iter().any(|(r, _)| *r == v.id()) {
+                let used: BTreeSet<u32> = ids.vips.iter().map(|(_, id)| *id).collect();
+                match (0..MAX_VIPS).find(|i| !used.contains(i)) {
+                    Some(id) => ids.vips.push((v.id(), id)),
+                    None => errs.push(format!("{}: no free VIP id", v.id())),
+                }
+            }
+        }
+
+        // Backends that leave: drained first (if their VIP stays) or dropped now.
+        let wanted: BTreeSet<(VipRef, IpAddr)> = new
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v.id(), b.address)))
+            .collect();
+        let mut freed = Vec::new();
+        let mut draining = 0;
+        for (vip, addr, id) in &ids.backends {
+            if wanted.contains(&(*vip, *addr)) {
+                continue;
+            }
+            let already = removing.iter().any(|r| r.id == *id);
+            if removal == Removal::Drain && new_vips.contains(vip) {
+                if !already {
+                    removing.push(Removing {
+                        vip: *vip,
+                        address: *addr,
+                        id: *id,
+                        since_unix_ms: unix_ms(),
+                    });
+                    draining += 1;
+                }
+            } else {
+                freed.push(*id);
+            }
+        }
+        // A backend added back while draining is simply kept.
+        removing.retain(|r| !wanted.contains(&(r.vip, r.address)) && !freed.contains(&r.id));
+        ids.backends.retain(|(_, _, id)| !freed.contains(id));
+        for v in &new.vips {
+            for b in &v.backends {
+                if ids
+                    .backends
+                    .iter()
+                    .any(|(r, a, _)| *r == v.id() && *a == b.address)
+                {
+                    continue;
+                }
+                let used: BTreeSet<u32> = ids.backends.iter().map(|(_, _, id)| *id).collect();
+                let n = MAX_BACKENDS - 1;
+                let found = (0..n)
+                    .map(|k| (ids.cursor + k) % n + 1)
+                    .find(|id| !used.contains(id) && !freed.contains(id));
+                match found {
+                    Some(id) => {
+                        ids.cursor = id % n;
+                        ids.backends.push((v.id(), b.address, id));
+                    }
+                    None => errs.push(format!("{}: no free backend id", v.id())),
+                }
+            }
+        }
+
+        // Next hops for every backend (cached unless the address or mode changed).
+        let mut members = BTreeMap::new();
+        for (vip, addr, id) in &ids.backends {
+            let Some(v) = new.vip(vip) else { continue };
+            let on_link = v.forwarding == FwdMode::L2;
+            let known = self
+                .members
+                .get(id)
+                .filter(|m| m.address == *addr && m.nexthop.is_some() && m.unresolved.is_none())
+                .and_then(|m| m.nexthop.clone());
+            let nh = match known {
+                Some(nh) => nh,
+                None => match self.resolver.resolve(*addr, on_link).await {
+                    Ok(nh) => nh,
+                    Err(e) => {
+                        errs.push(format!("{vip} backend {addr}: {e}"));
+                        continue;
+                    }
+                },
+            };
+            members.insert(
+                *id,
+                Member {
+                    vip: *vip,
+                    address: *addr,
+                    value: Backend::default(),
+                    nexthop: Some(nh),
+                    unresolved: None,
+                },
+            );
+        }
+        if !errs.is_empty() {
+            return Err(ApplyError::Refused(errs));
+        }
+
+        // Egress ports: XDP_TX when the next hop is out of the only attached interface.
+        let single_ingress: Option<u32> = if new.interfaces.len() == 1 {
+            ifindex(&new.interfaces[0].name)
+        } else {
+            None
+        };
+        let mut tx_ports = self.tx_ports.clone();
+        for m in members.values_mut() {
+            let nh = m.nexthop.as_ref().expect("resolved above");
+            let tx_port = if Some(nh.ifindex) == single_ingress {
+                0
+            } else {
+                let next = (1..MAX_TX_PORTS).find(|s| !tx_ports.values().any(|v| v == s));
+                match tx_ports.get(&nh.ifindex) {
+                    Some(s) => *s,
+                    None => match next {
+                        Some(s) => {
+                            tx_ports.insert(nh.ifindex, s);
+                            s
+                        }
+                        None => {
+                            errs.push(format!("more than {} egress interfaces", MAX_TX_PORTS - 1));
+                            0
+                        }
+                    },
+                }
+            };
+            m.value = Backend {
+                addr: Addr::from(m.address),
+                dst_mac: nh.dst_mac,
+                src_mac: if tx_port == 0 { [0; 6] } else { nh.src_mac },
+                tx_port,
+                family: family_of(&m.address),
+                state: 0,
+                _pad: [0; 2],
+            };
+        }
+
+        // Rings: members with weight, not drained, not being removed.
+        let mut rings = HashMap::new();
+        let mut metas = BTreeMap::new();
+        for v in &new.vips {
+            let vip_id = ids
+                .vips
+                .iter()
+                .find(|(r, _)| *r == v.id())
+                .map(|(_, id)| *id)
+                .expect("allocated above");
+            let m = new.ring_size(v);
+            let weighted: Vec<MaglevBackend> = v
+                .backends
+                .iter()
+                .filter(|b| !b.drain && b.weight > 0)
+                .filter_map(|b| {
+                    let id = ids
+                        .backends
+                        .iter()
+                        .find(|(r, a, _)| *r == v.id() && *a == b.address)?
+                        .2;
+                    Some(MaglevBackend {
+                        family: family_of(&b.address),
+                        addr: Addr::from(b.address),
+                        weight: b.weight,
+                        id,
+                    })
+                })
+                .collect();
+            let table = if self.ring_inputs_unchanged(new, v, vip_id, &ids) {
+                None
+            } else {
+                Some(
+                    maglev::build(&weighted, m, new.forwarding.hash_seed)
+                        .map_err(|e| ApplyError::Refused(vec![format!("{}: {e}", v.id())]))?,
+                )
+            };
+            rings.insert(vip_id, table);
+            metas.insert(
+                vip_key(&v.id()),
+                VipMeta {
+                    vip_id,
+                    ring_size: m,
+                    hash_mode: v.hash.code(),
+                    fwd_mode: v.forwarding.code(),
+                    flags: if v.conntrack { 0 } else { VIP_F_NO_CONNTRACK },
+                },
+            );
+        }
+        if !errs.is_empty() {
+            return Err(ApplyError::Refused(errs));
+        }
+        Ok(Plan {
+            ids,
+            removing,
+            members,
+            rings,
+            metas,
+            tx_ports,
+            freed,
+            draining,
+        })
+    }
+
+    /// Whether the ring of `v` would come out the same as the one published.
+    fn ring_inputs_unchanged(&self, new: &Config, v: &Vip, vip_id: u32, ids: &Ids) -> bool {
+        if !self.rings.contains_key(&vip_id)
+            || new.forwarding.hash_seed != self.cfg.forwarding.hash_seed
+        {
+            return false;
+        }
+        let Some(old) = self.cfg.vip(&v.id()) else {
+            return false;
+        };
+        if self.vip_id(&v.id()) != Some(vip_id) || self.cfg.ring_size(old) != new.ring_size(v) {
+            return false;
+        }
+        let inputs = |vip: &Vip, ids: &Ids| -> Vec<(IpAddr, u32, u32)> {
+            let mut x: Vec<_> = vip
+                .backends
+                .iter()
+                .filter(|b| !b.drain && b.weight > 0)
+                .map(|b| {
+                    let id = ids
+                        .backends
+                        .iter()
+                        .find(|(r, a, _)| *r == vip.id() && *a == b.address)
+                        .map(|t| t.2)
+                        .unwrap_or(0);
+                    (b.address, b.weight, id)
+                })
+                .collect();
+            x.sort();
+            x
+        };
+        inputs(old, &self.ids) == inputs(v, ids)
+    }
+
+    async fn execute(&mut self, new: &Config, plan: Plan) -> Result<ApplyReport, ApplyError> {
+        let mut r = ApplyReport {
+            backends_draining: plan.draining,
+            ..ApplyReport::default()
+        };
+        let want_cfg = lb_config(new);
+        if want_cfg != lb_config(&self.cfg) || self.applies == 0 {
+            self.dp.set_config(&want_cfg)?;
+            r.map_writes += 1;
+        }
+        for (ifidx, slot) in &plan.tx_ports {
+            if self.tx_ports.get(ifidx) != Some(slot) {
+                self.dp.set_tx_port(*slot, *ifidx)?;
+                r.map_writes += 1;
+            }
+        }
+        self.tx_ports = plan.tx_ports.clone();
+        for (id, m) in &plan.members {
+            let same = self.members.get(id).map(|o| o.value) == Some(m.value);
+            if !same || self.applies == 0 {
+                self.dp.set_backend(*id, &m.value)?;
+                r.map_writes += 1;
+                if !self.members.contains_key(id) {
+                    r.backends_added += 1;
+                }
+            }
+        }
+        for (vip_id, table) in &plan.rings {
+            if let Some(t) = table {
+                self.dp.set_ring(*vip_id, t)?;
+                self.rings.insert(*vip_id, t.clone());
+                r.rings_swapped += 1;
+                r.map_writes += 1;
+                self.ring_rebuilds += 1;
+            }
+        }
+        for (k, meta) in &plan.metas {
+            match self.vip_meta.get(k) {
+                Some(old) if old == meta && self.applies > 0 => {}
+                Some(_) => {
+                    self.dp.set_vip(k, meta)?;
+                    r.vips_changed += 1;
+                    r.map_writes += 1;
+                }
+                None => {
+                    self.dp.set_vip(k, meta)?;
+                    r.vips_added += 1;
+                    r.map_writes += 1;
+                }
+            }
+        }
+        let gone: Vec<VipKey> = self
+            .vip_meta
+            .keys()
+            .filter(|k| !plan.metas.contains_key(k))
+            .copied()
+            .collect();
+        for k in &gone {
+            let id = self.vip_meta[k].vip_id;
+            self.dp.remove_vip(k)?;
+            if !plan.rings.contains_key(&id) {
+                self.rings.remove(&id);
+            }
+            r.vips_removed += 1;
+            r.map_writes += 1;
+        }
+        // Only now, with no ring or VIP naming them, backends go down.
+        for id in &plan.freed {
+            self.dp.set_backend(
+                *id,
+                &Backend {
+                    state: BACKEND_F_DOWN,
+                    ..Backend::default()
+                },
+            )?;
+            r.backends_removed += 1;
+            r.map_writes += 1;
+        }
+        self.vip_meta = plan.metas;
+        self.members = plan.members;
+        self.ids = plan.ids;
+        self.removing = plan.removing;
+        self.sync_interfaces(new)?;
+        self.save_with(new).map_err(ApplyError::Dataplane)?;
+        Ok(r)
+    }
+
+    /// Attach to configured interfaces that lack the forwarder, detach from dropped ones.
+    fn sync_interfaces(&mut self, new: &Config) -> Result<(), ApplyError> {
+        let dir = new.daemon.pin_dir.clone();
+        let held = self.dp.attached();
+        for iface in &new.interfaces {
+            let known = self.attached.iter().find(|a| a.name == iface.name).cloned();
+            if held.contains(&iface.name)
+                && known.as_ref().is_some_and(|a| a.requested == iface.mode)
+            {
+                continue;
+            }
+            let path = pin::link_path(&dir, &iface.name);
+            let a = self
+                .dp
+                .attach(prog_names::FORWARD, &iface.name, iface.mode, Some(&path))?;
+            if a.fell_back {
+                warn!(
+                    iface = %iface.name,
+                    "FALLBACK: the driver refused native XDP; the forwarder runs in generic mode, at a fraction of native speed"
+                );
+            }
+            info!(iface = %iface.name, mode = ?a.mode, replaced = a.replaced, "forwarder attached");
+            let mode = if a.replaced {
+                known.map(|k| k.mode).unwrap_or(a.mode)
+            } else {
+                a.mode
+            };
+            self.attached.retain(|x| x.name != iface.name);
+            self.attached.push(AttachedIface {
+                name: iface.name.clone(),
+                requested: iface.mode,
+                mode,
+            });
+        }
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|a| !new.interfaces.iter().any(|i| i.name == a.name))
+            .map(|a| a.name.clone())
+            .collect();
+        for name in gone {
+            self.dp.detach(&name, Some(&pin::link_path(&dir, &name)))?;
+            self.attached.retain(|a| a.name != name);
+            info!(iface = %name, "forwarder detached");
+        }
+        Ok(())
+    }
+
+    fn save_with(&self, cfg: &Config) -> Result<(), String> {
+        let saved = Saved {
+            version: SAVED_VERSION,
+            config: cfg.clone(),
+            seeded_from: self.seeded_from.clone(),
+            ids: self.ids.clone(),
+            removing: self.removing.clone(),
+            attached: self.attached.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
+        write_atomic(&cfg.daemon.state_file, &text)
+            .map_err(|e| format!("saving state to {}: {e}", cfg.daemon.state_file.display()))
+    }
+
+    /// Finish removals whose backends have no recently active tracked flow, or whose drain
+    /// timed out. Returns how many finished.
+    pub fn reap_removals(&mut self) -> Result<usize, DataplaneError> {
+        if self.removing.is_empty() {
+            return Ok(0);
+        }
+        let d = &self.cfg.daemon;
+        let now_ms = unix_ms();
+        let idle = Duration::from_secs(d.drain_idle_secs as u64);
+        let active = self.active_backends(idle)?;
+        let mut done = Vec::new();
+        for r in &self.removing {
+            let age = now_ms.saturating_sub(r.since_unix_ms);
+            if !active.contains(&r.id) || age >= d.drain_timeout_secs as u64 * 1000 {
+                done.push(r.id);
+            }
+        }
+        for id in &done {
+            self.dp.set_backend(
+                *id,
+                &Backend {
+                    state: BACKEND_F_DOWN,
+                    ..Backend::default()
+                },
+            )?;
+            self.members.remove(id);
+            if let Some(r) = self.removing.iter().find(|r| r.id == *id) {
+                info!(vip = %r.vip, backend = %r.address, "drained backend removed");
+            }
+        }
+        self.removing.retain(|r| !done.contains(&r.id));
+        self.ids.backends.retain(|(_, _, id)| !done.contains(id));
+        if !done.is_empty()
+            && let Err(e) = self.save_with(&self.cfg)
+        {
+            warn!(error = %e, "saving state");
+        }
+        Ok(done.len())
+    }
+
+    /// Backend ids with a tracked flow seen within `idle`.
+    pub fn active_backends(&self, idle: Duration) -> Result<BTreeSet<u32>, DataplaneError> {
+        let now = monotonic_coarse_ns();
+        let horizon = idle.as_nanos() as u64;
+        let mut out = BTreeSet::new();
+        for (_, states) in self.dp.flows()? {
+            for s in states {
+                if now.saturating_sub(s.last_seen_ns) <= horizon {
+                    out.insert(s.backend_id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-resolve every next hop; rewrite backends whose MACs or egress changed.
+    pub async fn refresh_nexthops(&mut self) -> usize {
+        let mut changed = 0;
+        let ids: Vec<u32> = self.members.keys().copied().collect();
+        for id in ids {
+            let (addr, vip, old) = {
+                let m = &self.members[&id];
+                (m.address, m.vip, m.value)
+            };
+            let on_link = self
+                .cfg
+                .vip(&vip)
+                .is_some_and(|v| v.forwarding == FwdMode::L2);
+            match self.resolver.resolve(addr, on_link).await {
+                Ok(nh) => {
+                    let mut value = old;
+                    value.dst_mac = nh.dst_mac;
+                    value.state &= !BACKEND_F_DOWN;
+                    if value.tx_port != 0 {
+                        value.src_mac = nh.src_mac;
+                    }
+                    let m = self.members.get_mut(&id).expect("listed above");
+                    m.nexthop = Some(nh);
+                    let was_unresolved = m.unresolved.take().is_some();
+                    if (value != old || was_unresolved) && self.dp.set_backend(id, &value).is_ok() {
+                        info!(backend = %addr, vip = %vip, "next hop changed, backend rewritten");
+                        m.value = value;
+                        changed += 1;
+                    }
+                }
+                Err(e) => {
+                    let m = self.members.get_mut(&id).expect("listed above");
+                    if m.unresolved.is_none() {
+                        warn!(backend = %addr, vip = %vip, error = %e, "next hop lost; keeping the last known MAC");
+                        m.unresolved = Some(e);
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Remove map entries the saved state does not account for (a crash between a map write
+    /// and the state save leaves such orphans).
+    pub fn sweep_orphans(&mut self) -> Result<usize, DataplaneError> {
+        let mut n = 0;
+        for k in self.dp.vip_keys()? {
+            if !self.vip_meta.contains_key(&k) {
+                self.dp.remove_vip(&k)?;
+                n += 1;
+            }
+        }
+        let live: BTreeSet<u32> = self.members.keys().copied().collect();
+        for (id, b) in self.dp.backends()? {
+            if !live.contains(&id) && b != Backend::default() && !b.is_down() {
+                self.dp.set_backend(
+                    id,
+                    &Backend {
+                        state: BACKEND_F_DOWN,
+                        ..Backend::default()
+                    },
+                )?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn backend_id_of(&self, v: &VipRef, a: &IpAddr) -> Option<u32> {
+        self.backend_id(v, a)
+    }
+
+    pub fn vip_id_of(&self, v: &VipRef) -> Option<u32> {
+        self.vip_id(v)
+    }
+
+    pub fn state_path(&self) -> &Path {
+        &self.cfg.daemon.state_file
+    }
+}
+
+struct Plan {
+    ids: Ids,
+    removing: Vec<Removing>,
+    members: BTreeMap<u32, Member>,
+    /// `None`: the published ring stays.
+    rings: HashMap<u32, Option<Vec<u32>>>,
+    metas: BTreeMap<VipKey, VipMeta>,
+    tx_ports: BTreeMap<u32, u32>,
+    freed: Vec<u32>,
+    draining: usize,
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// `CLOCK_MONOTONIC_COARSE`, the clock of `bpf_ktime_get_coarse_ns`.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Write `data` to `path` so a reader (or a crash) sees the old file or the new, never a mix.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Load a saved state, if any.
+pub fn load_saved(path: &Path) -> Result<Option<Saved>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let s: Saved = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("state file {}: {e}", path.display()))?;
+            if s.version != SAVED_VERSION {
+                return Err(format!(
+                    "state file {} has version {}, this build reads {SAVED_VERSION}",
+                    path.display(),
+                    s.version
+                ));
+            }
+            Ok(Some(s))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("reading state file {}: {e}", path.display())),
+    }
+}

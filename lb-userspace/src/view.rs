@@ -1,0 +1,136 @@
+//! What the daemon reports: the JSON shapes of `status`, `vip list`, `backend list`, `stats`,
+//! `flows` and `explain` (printed as-is with `-o json`, as tables otherwise).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub pin_dir: String,
+    /// The maps were adopted from an earlier daemon (hitless restart).
+    pub adopted: bool,
+    pub forward_program_id: u32,
+    pub interfaces: Vec<IfaceView>,
+    pub vips: usize,
+    pub backends: usize,
+    pub backends_up: usize,
+    pub backends_drained: usize,
+    pub backends_removing: usize,
+    pub backends_unresolved: usize,
+    pub conntrack_capacity: u32,
+    pub applies: u64,
+    pub ring_rebuilds: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IfaceView {
+    pub name: String,
+    pub requested: String,
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipView {
+    pub vip: String,
+    pub id: u32,
+    pub hash: String,
+    pub forwarding: String,
+    pub conntrack: bool,
+    pub ring_size: u32,
+    pub backends: usize,
+    /// Backends that take new flows.
+    pub in_ring: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendView {
+    pub vip: String,
+    pub address: String,
+    pub id: u32,
+    pub weight: u32,
+    /// `up`, `drained`, `removing` (drained, then removed) or `unresolved` (no next hop).
+    pub state: String,
+    /// Ring slots owned (share of new flows).
+    pub slots: u32,
+    pub next_hop: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Seconds the rates are computed over (0: no earlier sample yet).
+    pub interval_secs: f64,
+    pub vips: Vec<VipStatsView>,
+    pub backends: Vec<BackendStatsView>,
+    pub reasons: Vec<ReasonView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipStatsView {
+    pub vip: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub conntrack_hits: u64,
+    pub conntrack_misses: u64,
+    pub failovers: u64,
+    pub pps: f64,
+    pub bps: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatsView {
+    pub vip: String,
+    pub address: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub pps: f64,
+    pub bps: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReasonView {
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowView {
+    pub src: String,
+    pub dst: String,
+    pub protocol: String,
+    pub backend: String,
+    pub backend_id: u32,
+    /// CPUs holding an entry for this flow (conntrack is per CPU).
+    pub cpus: Vec<usize>,
+    pub idle_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FlowsView {
+    pub flows: Vec<FlowView>,
+    /// More matched than the limit allowed.
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExplainView {
+    pub flow: String,
+    pub vip: Option<String>,
+    /// `forward`, `pass` or `drop`, with the reason for the latter two.
+    pub verdict: String,
+    pub reason: Option<String>,
+    pub backend: Option<String>,
+    pub backend_id: Option<u32>,
+    /// `tracked`, `ring` or `failover`.
+    pub how: Option<String>,
+    pub slot: Option<u32>,
+    pub ring_size: Option<u32>,
+    pub hash: Option<String>,
+    pub tracked_on_cpus: Vec<usize>,
+}

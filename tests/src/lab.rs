@@ -1,0 +1,258 @@
+//! The namespace topology driven the way an operator drives xlb: `xlb daemon` runs in the LB
+//! namespace, backends get `xlb decap attach`, and everything is changed through the `xlb` CLI.
+//! Dropping the lab kills the daemon it started (by pid), removes its pins, files and namespaces.
+
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::topo::{BACKEND_LINK_MTU, Net, TCP_PORT, UDP_PORT, VIP};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The `xlb` binary built beside this test executable (`cargo xtask test` builds it first).
+pub fn xlb_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("xlb");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p lb-userspace`, or `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A command that runs in network namespace `ns`. Not `ip netns exec`: that remounts /sys,
+/// hiding bpffs, where xlb pins its maps and links.
+fn nsenter(ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{ns}")).arg("--");
+    c
+}
+
+pub struct Lab {
+    pub net: Net,
+    /// Config, state, socket and daemon log.
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub decap_pins: PathBuf,
+    pub socket: PathBuf,
+    pub config_path: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Lab {
+    /// Namespaces with `n` backends, each running `xlb decap attach` on its link.
+    pub fn new(n: usize) -> Lab {
+        let net = Net::new(n);
+        let tag = format!(
+            "xlbt-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = PathBuf::from("/tmp").join(&tag);
+        std::fs::create_dir_all(&dir).expect("lab dir");
+        let lab = Lab {
+            net,
+            socket: dir.join("xlb.sock"),
+            config_path: dir.join("xlb.toml"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+            decap_pins: PathBuf::from("/sys/fs/bpf").join(format!("{tag}-decap")),
+            dir,
+            daemon: None,
+        };
+        for b in &lab.net.backends {
+            let out = lab.in_ns(
+                &b.ns.name,
+                &[
+                    "decap",
+                    "attach",
+                    &format!("b{}", b.id),
+                    "--pin-dir",
+                    &lab.decap_pins.display().to_string(),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "decap attach: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        lab
+    }
+
+    /// Run `xlb ARGS` inside namespace `ns`.
+    pub fn in_ns(&self, ns: &str, args: &[&str]) -> Output {
+        nsenter(ns)
+            .arg(xlb_bin())
+            .args(args)
+            .output()
+            .expect("run xlb")
+    }
+
+    /// The `[daemon]` and `[forwarding]` tables of this lab, attached to the client-facing link.
+    pub fn base_config(&self) -> String {
+        format!(
+            r#"[daemon]
+socket = "{}"
+state_file = "{}"
+pin_dir = "{}"
+conntrack_entries = 65536
+drain_idle_secs = 2
+drain_timeout_secs = 20
+nexthop_refresh_secs = 2
+
+[forwarding]
+mtu = {BACKEND_LINK_MTU}
+encap_source_v4 = "10.0.1.1"
+
+[[interface]]
+name = "lc"
+"#,
+            self.socket.display(),
+            self.dir.join("state.json").display(),
+            self.pin_dir.display(),
+        )
+    }
+
+    /// The base config plus the TCP and UDP VIPs on every backend (weights all 1).
+    pub fn full_config(&self) -> String {
+        let mut c = self.base_config();
+        for (port, proto) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp")] {
+            c +=
+                &format!("\n[[vip]]\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n");
+            for b in &self.net.backends {
+                c += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr);
+            }
+        }
+        c
+    }
+
+    /// Write `config` and start the daemon in the LB namespace; returns once it serves the CLI.
+    pub fn start(&mut self, config: &str) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        std::fs::write(&self.config_path, config).expect("write config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .expect("daemon log");
+        let child = nsenter(&self.net.lb.name)
+            .arg(xlb_bin())
+            .args(["daemon", "--config"])
+            .arg(&self.config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.xlb(&["status"]).status.success() {
+                return;
+            }
+            if let Some(c) = self.daemon.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.daemon = None;
+                panic!("daemon exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send `signal` to the daemon this lab started and wait for it to exit.
+    pub fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut c = self.daemon.take().expect("daemon running");
+        // nsenter execs the daemon, so the child's pid is the daemon's.
+        // SAFETY: signalling a child process this lab spawned and has not reaped.
+        unsafe { libc::kill(c.id() as i32, signal) };
+        c.wait().expect("wait daemon")
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("daemon.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// `xlb --socket <lab socket> ARGS` (the socket is a path; no namespace needed).
+    pub fn xlb(&self, args: &[&str]) -> Output {
+        Command::new(xlb_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run xlb")
+    }
+
+    /// Like `xlb`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.xlb(args);
+        assert!(
+            out.status.success(),
+            "xlb {} failed: {}\ndaemon log:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Like `xlb`, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.xlb(args);
+        assert!(
+            !out.status.success(),
+            "xlb {} unexpectedly succeeded: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("json output")
+    }
+
+    /// Write `text` to a file in the lab directory and return its path.
+    pub fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).expect("write file");
+        p.display().to_string()
+    }
+
+    pub fn pinned(&self) -> bool {
+        Path::new(&self.pin_dir).exists()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            // SAFETY: killing the daemon this lab spawned, by its pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        let _ = xlb::dataplane::pin::remove_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.decap_pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
