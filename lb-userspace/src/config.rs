@@ -569,3 +569,12 @@ drain = true
         }
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = super::Config::parse(include_str!("../../dist/xlb.toml")).expect("dist/xlb.toml");
+        assert_eq!(c.vips.len(), 2);
+    }
+}

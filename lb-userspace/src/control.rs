@@ -275,7 +275,10 @@ fn backend_list(e: &Engine, only: Option<VipRef>) -> Result<Vec<BackendView>, St
             continue;
         }
         let vip_id = e.vip_id_of(&v.id()).unwrap_or(0);
-        let ring = e.rings.get(&vip_id);
+        let mut slots: HashMap<u32, u32> = HashMap::new();
+        for id in e.dp.ring(vip_id).unwrap_or_default() {
+            *slots.entry(id).or_default() += 1;
+        }
         let mut rows: Vec<(std::net::IpAddr, u32, String)> = v
             .backends
             .iter()
@@ -304,9 +307,7 @@ fn backend_list(e: &Engine, only: Option<VipRef>) -> Result<Vec<BackendView>, St
                 id,
                 weight,
                 state,
-                slots: ring
-                    .map(|r| r.iter().filter(|&&x| x == id).count() as u32)
-                    .unwrap_or(0),
+                slots: slots.get(&id).copied().unwrap_or(0),
                 next_hop: m.and_then(|m| m.nexthop.as_ref()).map(|n| {
                     format!(
                         "{} via {} {}",
@@ -466,7 +467,7 @@ impl Tables for Live<'_> {
         self.e.members.get(&id).map(|m| &m.value)
     }
     fn ring_entry(&self, vip_id: u32, slot: u32) -> Option<u32> {
-        self.e.rings.get(&vip_id)?.get(slot as usize).copied()
+        self.e.dp.ring_entry(vip_id, slot).ok()
     }
     fn track(&mut self, _: &FlowKey, _: u32) {}
 }

@@ -146,7 +146,8 @@ pub struct Engine {
     /// Live contents of the maps this engine wrote.
     pub members: BTreeMap<u32, Member>,
     pub vip_meta: BTreeMap<VipKey, VipMeta>,
-    pub rings: HashMap<u32, Vec<u32>>,
+    /// VIP ids whose ring this engine published (the rings themselves live only in the maps).
+    pub rings: BTreeSet<u32>,
     tx_ports: BTreeMap<u32, u32>,
     resolver: Resolver,
     seeded_from: Option<String>,
@@ -214,7 +215,7 @@ impl Engine {
             attached: Vec::new(),
             members: BTreeMap::new(),
             vip_meta: BTreeMap::new(),
-            rings: HashMap::new(),
+            rings: BTreeSet::new(),
             tx_ports: BTreeMap::new(),
             resolver: Resolver::new()?,
             seeded_from: None,
@@ -303,11 +304,15 @@ impl Engine {
 
         // VIP ids: keep, free, allocate.
         ids.vips.retain(|(r, _)| new_vips.contains(r));
+        let mut used: BTreeSet<u32> = ids.vips.iter().map(|(_, id)| *id).collect();
+        let have: BTreeSet<VipRef> = ids.vips.iter().map(|(r, _)| *r).collect();
         for v in &new.vips {
-            if !ids.vips.iter().any(|(r, _)| *r == v.id()) {
-                let used: BTreeSet<u32> = ids.vips.iter().map(|(_, id)| *id).collect();
+            if !have.contains(&v.id()) {
                 match (0..MAX_VIPS).find(|i| !used.contains(i)) {
-                    Some(id) => ids.vips.push((v.id(), id)),
+                    Some(id) => {
+                        used.insert(id);
+                        ids.vips.push((v.id(), id));
+                    }
                     None => errs.push(format!("{}: no free VIP id", v.id())),
                 }
             }
@@ -319,7 +324,7 @@ impl Engine {
             .iter()
             .flat_map(|v| v.backends.iter().map(move |b| (v.id(), b.address)))
             .collect();
-        let mut freed = Vec::new();
+        let mut freed = BTreeSet::new();
         let mut draining = 0;
         for (vip, addr, id) in &ids.backends {
             if wanted.contains(&(*vip, *addr)) {
@@ -337,22 +342,20 @@ impl Engine {
                     draining += 1;
                 }
             } else {
-                freed.push(*id);
+                freed.insert(*id);
             }
         }
         // A backend added back while draining is simply kept.
         removing.retain(|r| !wanted.contains(&(r.vip, r.address)) && !freed.contains(&r.id));
         ids.backends.retain(|(_, _, id)| !freed.contains(id));
+        let mut used: BTreeSet<u32> = ids.backends.iter().map(|(_, _, id)| *id).collect();
+        let have: BTreeSet<(VipRef, IpAddr)> =
+            ids.backends.iter().map(|(v, a, _)| (*v, *a)).collect();
         for v in &new.vips {
             for b in &v.backends {
-                if ids
-                    .backends
-                    .iter()
-                    .any(|(r, a, _)| *r == v.id() && *a == b.address)
-                {
+                if have.contains(&(v.id(), b.address)) {
                     continue;
                 }
-                let used: BTreeSet<u32> = ids.backends.iter().map(|(_, _, id)| *id).collect();
                 let n = MAX_BACKENDS - 1;
                 let found = (0..n)
                     .map(|k| (ids.cursor + k) % n + 1)
@@ -360,6 +363,7 @@ impl Engine {
                 match found {
                     Some(id) => {
                         ids.cursor = id % n;
+                        used.insert(id);
                         ids.backends.push((v.id(), b.address, id));
                     }
                     None => errs.push(format!("{}: no free backend id", v.id())),
@@ -368,35 +372,45 @@ impl Engine {
         }
 
         // Next hops for every backend (cached unless the address or mode changed).
+        let vip_cfg: HashMap<VipRef, &Vip> = new.vips.iter().map(|v| (v.id(), v)).collect();
+        let old_fwd: HashMap<VipRef, FwdMode> = self
+            .cfg
+            .vips
+            .iter()
+            .map(|v| (v.id(), v.forwarding))
+            .collect();
         let mut members = BTreeMap::new();
+        let mut to_resolve = Vec::new();
         for (vip, addr, id) in &ids.backends {
-            let Some(v) = new.vip(vip) else { continue };
+            let Some(v) = vip_cfg.get(vip) else { continue };
             let on_link = v.forwarding == FwdMode::L2;
             let known = self
                 .members
                 .get(id)
-                .filter(|m| m.address == *addr && m.nexthop.is_some() && m.unresolved.is_none())
+                .filter(|m| m.address == *addr && m.unresolved.is_none())
+                .filter(|_| old_fwd.get(vip) == Some(&v.forwarding))
                 .and_then(|m| m.nexthop.clone());
-            let nh = match known {
-                Some(nh) => nh,
-                None => match self.resolver.resolve(*addr, on_link).await {
-                    Ok(nh) => nh,
-                    Err(e) => {
-                        errs.push(format!("{vip} backend {addr}: {e}"));
-                        continue;
-                    }
-                },
-            };
+            if known.is_none() {
+                to_resolve.push((*id, *vip, *addr, on_link));
+            }
             members.insert(
                 *id,
                 Member {
                     vip: *vip,
                     address: *addr,
                     value: Backend::default(),
-                    nexthop: Some(nh),
+                    nexthop: known,
                     unresolved: None,
                 },
             );
+        }
+        let asked: Vec<(IpAddr, bool)> = to_resolve.iter().map(|t| (t.2, t.3)).collect();
+        let answers = self.resolver.resolve_all(&asked).await;
+        for ((id, vip, addr, _), answer) in to_resolve.iter().zip(answers) {
+            match answer {
+                Ok(nh) => members.get_mut(id).expect("inserted above").nexthop = Some(nh),
+                Err(e) => errs.push(format!("{vip} backend {addr}: {e}")),
+            }
         }
         if !errs.is_empty() {
             return Err(ApplyError::Refused(errs));
@@ -441,6 +455,11 @@ impl Engine {
         }
 
         // Rings: members with weight, not drained, not being removed.
+        let id_of: HashMap<(VipRef, IpAddr), u32> = ids
+            .backends
+            .iter()
+            .map(|(v, a, id)| ((*v, *a), *id))
+            .collect();
         let mut rings = HashMap::new();
         let mut metas = BTreeMap::new();
         for v in &new.vips {
@@ -456,11 +475,7 @@ impl Engine {
                 .iter()
                 .filter(|b| !b.drain && b.weight > 0)
                 .filter_map(|b| {
-                    let id = ids
-                        .backends
-                        .iter()
-                        .find(|(r, a, _)| *r == v.id() && *a == b.address)?
-                        .2;
+                    let id = *id_of.get(&(v.id(), b.address))?;
                     Some(MaglevBackend {
                         family: family_of(&b.address),
                         addr: Addr::from(b.address),
@@ -469,7 +484,7 @@ impl Engine {
                     })
                 })
                 .collect();
-            let table = if self.ring_inputs_unchanged(new, v, vip_id, &ids) {
+            let table = if self.ring_inputs_unchanged(new, v, vip_id, &id_of) {
                 None
             } else {
                 Some(
@@ -505,8 +520,14 @@ impl Engine {
     }
 
     /// Whether the ring of `v` would come out the same as the one published.
-    fn ring_inputs_unchanged(&self, new: &Config, v: &Vip, vip_id: u32, ids: &Ids) -> bool {
-        if !self.rings.contains_key(&vip_id)
+    fn ring_inputs_unchanged(
+        &self,
+        new: &Config,
+        v: &Vip,
+        vip_id: u32,
+        id_of: &HashMap<(VipRef, IpAddr), u32>,
+    ) -> bool {
+        if !self.rings.contains(&vip_id)
             || new.forwarding.hash_seed != self.cfg.forwarding.hash_seed
         {
             return false;
@@ -517,25 +538,26 @@ impl Engine {
         if self.vip_id(&v.id()) != Some(vip_id) || self.cfg.ring_size(old) != new.ring_size(v) {
             return false;
         }
-        let inputs = |vip: &Vip, ids: &Ids| -> Vec<(IpAddr, u32, u32)> {
+        let old_ids: HashMap<(VipRef, IpAddr), u32> = self
+            .ids
+            .backends
+            .iter()
+            .map(|(v, a, id)| ((*v, *a), *id))
+            .collect();
+        let inputs = |vip: &Vip, ids: &HashMap<(VipRef, IpAddr), u32>| -> Vec<(IpAddr, u32, u32)> {
             let mut x: Vec<_> = vip
                 .backends
                 .iter()
                 .filter(|b| !b.drain && b.weight > 0)
                 .map(|b| {
-                    let id = ids
-                        .backends
-                        .iter()
-                        .find(|(r, a, _)| *r == vip.id() && *a == b.address)
-                        .map(|t| t.2)
-                        .unwrap_or(0);
+                    let id = ids.get(&(vip.id(), b.address)).copied().unwrap_or(0);
                     (b.address, b.weight, id)
                 })
                 .collect();
             x.sort();
             x
         };
-        inputs(old, &self.ids) == inputs(v, ids)
+        inputs(old, &old_ids) == inputs(v, id_of)
     }
 
     async fn execute(&mut self, new: &Config, plan: Plan) -> Result<ApplyReport, ApplyError> {
@@ -568,7 +590,7 @@ impl Engine {
         for (vip_id, table) in &plan.rings {
             if let Some(t) = table {
                 self.dp.set_ring(*vip_id, t)?;
-                self.rings.insert(*vip_id, t.clone());
+                self.rings.insert(*vip_id);
                 r.rings_swapped += 1;
                 r.map_writes += 1;
                 self.ring_rebuilds += 1;
@@ -742,42 +764,54 @@ impl Engine {
         Ok(out)
     }
 
-    /// Re-resolve every next hop; rewrite backends whose MACs or egress changed.
+    /// Re-resolve every next hop; rewrite backends whose MACs changed. A next hop that stops
+    /// resolving keeps its last known MAC (a neighbour entry can expire while the host is fine)
+    /// and is reported as unresolved.
     pub async fn refresh_nexthops(&mut self) -> usize {
-        let mut changed = 0;
         let ids: Vec<u32> = self.members.keys().copied().collect();
-        for id in ids {
-            let (addr, vip, old) = {
-                let m = &self.members[&id];
-                (m.address, m.vip, m.value)
+        let asked: Vec<(IpAddr, bool)> = ids
+            .iter()
+            .map(|id| {
+                let m = &self.members[id];
+                let l2 = self
+                    .cfg
+                    .vip(&m.vip)
+                    .is_some_and(|v| v.forwarding == FwdMode::L2);
+                (m.address, l2)
+            })
+            .collect();
+        let answers = self.resolver.resolve_all(&asked).await;
+        let mut changed = 0;
+        for (id, answer) in ids.iter().zip(answers) {
+            let Some(m) = self.members.get_mut(id) else {
+                continue;
             };
-            let on_link = self
-                .cfg
-                .vip(&vip)
-                .is_some_and(|v| v.forwarding == FwdMode::L2);
-            match self.resolver.resolve(addr, on_link).await {
+            match answer {
                 Ok(nh) => {
-                    let mut value = old;
+                    let mut value = m.value;
                     value.dst_mac = nh.dst_mac;
-                    value.state &= !BACKEND_F_DOWN;
                     if value.tx_port != 0 {
                         value.src_mac = nh.src_mac;
                     }
-                    let m = self.members.get_mut(&id).expect("listed above");
+                    if m.unresolved.take().is_some() {
+                        info!(backend = %m.address, vip = %m.vip, "next hop resolves again");
+                    }
                     m.nexthop = Some(nh);
-                    let was_unresolved = m.unresolved.take().is_some();
-                    if (value != old || was_unresolved) && self.dp.set_backend(id, &value).is_ok() {
-                        info!(backend = %addr, vip = %vip, "next hop changed, backend rewritten");
+                    if value != m.value {
+                        if let Err(e) = self.dp.set_backend(*id, &value) {
+                            warn!(backend = %m.address, error = %e, "rewriting backend");
+                            continue;
+                        }
+                        info!(backend = %m.address, vip = %m.vip, "next hop changed, backend rewritten");
                         m.value = value;
                         changed += 1;
                     }
                 }
                 Err(e) => {
-                    let m = self.members.get_mut(&id).expect("listed above");
                     if m.unresolved.is_none() {
-                        warn!(backend = %addr, vip = %vip, error = %e, "next hop lost; keeping the last known MAC");
-                        m.unresolved = Some(e);
+                        warn!(backend = %m.address, vip = %m.vip, error = %e, "next hop lost; keeping the last known MAC");
                     }
+                    m.unresolved = Some(e);
                 }
             }
         }
@@ -831,7 +865,7 @@ struct Plan {
     rings: HashMap<u32, Option<Vec<u32>>>,
     metas: BTreeMap<VipKey, VipMeta>,
     tx_ports: BTreeMap<u32, u32>,
-    freed: Vec<u32>,
+    freed: BTreeSet<u32>,
     draining: usize,
 }
 

@@ -3,7 +3,7 @@
 //! itself, so it needs both MACs; the daemon re-resolves them periodically and rewrites backends
 //! whose next hop changed.
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
@@ -46,43 +46,85 @@ impl Resolver {
     /// Resolve the next hop of `addr`. With `on_link`, the backend must be directly reachable
     /// (L2 DSR): a route through a gateway is an error, not a silent misdelivery.
     pub async fn resolve(&self, addr: IpAddr, on_link: bool) -> Result<NextHop, String> {
-        let (ifindex, gateway) = self.route(addr).await?;
-        if on_link && let Some(gw) = gateway {
-            return Err(format!(
-                "{addr} is routed via {gw}, but L2 DSR needs backends on a directly connected segment"
-            ));
-        }
-        let via = gateway.unwrap_or(addr);
-        let (ifname, src_mac) = self.link(ifindex).await?;
-        if let Some(mac) = self.neighbour(ifindex, via).await? {
-            return Ok(NextHop {
-                ifindex,
-                ifname,
-                src_mac,
-                via,
-                dst_mac: mac,
-            });
-        }
-        // No entry yet: make the kernel resolve it by sending it a datagram (the discard port),
-        // then poll the neighbour table.
-        probe(via);
-        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if let Some(mac) = self.neighbour(ifindex, via).await? {
-                return Ok(NextHop {
-                    ifindex,
-                    ifname,
-                    src_mac,
-                    via,
-                    dst_mac: mac,
-                });
+        self.resolve_all(&[(addr, on_link)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err("no answer".into()))
+    }
+
+    /// Resolve many next hops with one link dump and one neighbour dump (plus one more per
+    /// round while some neighbours are still being resolved): thousands of backends share a
+    /// handful of gateways.
+    pub async fn resolve_all(&self, wanted: &[(IpAddr, bool)]) -> Vec<Result<NextHop, String>> {
+        let links = match self.links().await {
+            Ok(l) => l,
+            Err(e) => return wanted.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // Route lookups: (ifindex, neighbour to address) per distinct backend address.
+        let mut by_addr: HashMap<IpAddr, Result<(u32, Option<IpAddr>), String>> = HashMap::new();
+        for &(addr, _) in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = by_addr.entry(addr) {
+                slot.insert(self.route(addr).await);
             }
         }
-        Err(format!(
-            "next hop {via} on {ifname} did not answer ARP/ND within {} ms",
-            RESOLVE_WAIT.as_millis()
-        ))
+        let mut routes = Vec::with_capacity(wanted.len());
+        for &(addr, on_link) in wanted {
+            routes.push(match by_addr[&addr].clone() {
+                Ok((_, Some(gw))) if on_link => Err(format!(
+                    "{addr} is routed via {gw}, but L2 DSR needs backends on a directly connected segment"
+                )),
+                Ok((ifindex, gw)) => match links.get(&ifindex) {
+                    Some(_) => Ok((ifindex, gw.unwrap_or(addr))),
+                    None => Err(format!("{addr}: egress interface {ifindex} has no Ethernet address")),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+        let mut probed = false;
+        loop {
+            let neigh = match self.neighbours().await {
+                Ok(n) => n,
+                Err(e) => return wanted.iter().map(|_| Err(e.clone())).collect(),
+            };
+            let missing: Vec<IpAddr> = routes
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .filter(|(i, via)| !neigh.contains_key(&(*i, *via)))
+                .map(|(_, via)| *via)
+                .collect();
+            if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+                return routes
+                    .iter()
+                    .map(|r| {
+                        let (ifindex, via) = r.clone()?;
+                        let (ifname, src_mac) = links[&ifindex].clone();
+                        let dst_mac = *neigh.get(&(ifindex, via)).ok_or_else(|| {
+                            format!(
+                                "next hop {via} on {ifname} did not answer ARP/ND within {} ms",
+                                RESOLVE_WAIT.as_millis()
+                            )
+                        })?;
+                        Ok(NextHop {
+                            ifindex,
+                            ifname,
+                            src_mac,
+                            via,
+                            dst_mac,
+                        })
+                    })
+                    .collect();
+            }
+            if !probed {
+                // Make the kernel resolve them: one datagram each to the discard port.
+                let unique: std::collections::BTreeSet<IpAddr> = missing.into_iter().collect();
+                for ip in unique {
+                    probe(ip);
+                }
+                probed = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn route(&self, addr: IpAddr) -> Result<(u32, Option<IpAddr>), String> {
@@ -111,39 +153,44 @@ impl Resolver {
         Ok((oif, gw))
     }
 
-    async fn link(&self, ifindex: u32) -> Result<(String, [u8; 6]), String> {
-        let mut links = self.handle.link().get().match_index(ifindex).execute();
-        let link = links
+    /// Every interface with an Ethernet address: ifindex -> (name, MAC).
+    async fn links(&self) -> Result<HashMap<u32, (String, [u8; 6])>, String> {
+        let mut out = HashMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links
             .try_next()
             .await
-            .map_err(|e| format!("interface {ifindex}: {e}"))?
-            .ok_or_else(|| format!("interface {ifindex} vanished"))?;
-        let mut name = format!("if{ifindex}");
-        let mut mac = None;
-        for a in link.attributes {
-            match a {
-                LinkAttribute::IfName(n) => name = n,
-                LinkAttribute::Address(m) if m.len() == 6 => mac = Some(mac6(&m)),
-                _ => {}
+            .map_err(|e| format!("link table: {e}"))?
+        {
+            let mut name = format!("if{}", link.header.index);
+            let mut mac = None;
+            for a in link.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = n,
+                    LinkAttribute::Address(m) if m.len() == 6 => mac = Some(mac6(&m)),
+                    _ => {}
+                }
+            }
+            if let Some(m) = mac {
+                out.insert(link.header.index, (name, m));
             }
         }
-        let mac = mac.ok_or_else(|| format!("{name} has no Ethernet address"))?;
-        Ok((name, mac))
+        Ok(out)
     }
 
-    async fn neighbour(&self, ifindex: u32, ip: IpAddr) -> Result<Option<[u8; 6]>, String> {
+    /// Usable neighbour entries: (ifindex, address) -> MAC.
+    async fn neighbours(&self) -> Result<HashMap<(u32, IpAddr), [u8; 6]>, String> {
+        let mut out = HashMap::new();
         let mut neighbours = self.handle.neighbours().get().execute();
         while let Some(n) = neighbours
             .try_next()
             .await
             .map_err(|e| format!("neighbour table: {e}"))?
         {
-            if n.header.ifindex != ifindex
-                || matches!(
-                    n.header.state,
-                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-                )
-            {
+            if matches!(
+                n.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+            ) {
                 continue;
             }
             let mut dst = None;
@@ -160,13 +207,11 @@ impl Resolver {
                     _ => {}
                 }
             }
-            if dst == Some(ip)
-                && let Some(m) = mac
-            {
-                return Ok(Some(m));
+            if let (Some(d), Some(m)) = (dst, mac) {
+                out.insert((n.header.ifindex, d), m);
             }
         }
-        Ok(None)
+        Ok(out)
     }
 }
 

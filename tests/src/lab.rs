@@ -138,6 +138,13 @@ name = "lc"
 
     /// Write `config` and start the daemon in the LB namespace; returns once it serves the CLI.
     pub fn start(&mut self, config: &str) {
+        if let Err(log) = self.try_start(config) {
+            panic!("{log}");
+        }
+    }
+
+    /// Like `start`; a daemon that exits instead of serving gives its log as the error.
+    pub fn try_start(&mut self, config: &str) -> Result<(), String> {
         assert!(self.daemon.is_none(), "daemon already running");
         std::fs::write(&self.config_path, config).expect("write config");
         let log = std::fs::OpenOptions::new()
@@ -157,13 +164,13 @@ name = "lc"
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.xlb(&["status"]).status.success() {
-                return;
+                return Ok(());
             }
             if let Some(c) = self.daemon.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
                 self.daemon = None;
-                panic!("daemon exited with {status}:\n{}", self.log());
+                return Err(format!("daemon exited with {status}:\n{}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -181,6 +188,11 @@ name = "lc"
         // SAFETY: signalling a child process this lab spawned and has not reaped.
         unsafe { libc::kill(c.id() as i32, signal) };
         c.wait().expect("wait daemon")
+    }
+
+    /// Pid of the running daemon.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {

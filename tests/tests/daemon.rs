@@ -332,3 +332,83 @@ fn sigkill_and_restart_under_traffic_lose_nothing() {
         "detached: no more forwarding"
     );
 }
+
+#[test]
+fn pinned_state_of_another_layout_is_refused_not_reinterpreted() {
+    use aya::maps::{Array, Map, MapData};
+    let mut lab = Lab::new(1);
+    let _servers = lab.net.start_servers();
+    lab.start(&lab.full_config());
+    lab.stop(libc::SIGKILL);
+
+    let stamp = lab.pin_dir.join(xlb::dataplane::pin::STAMP);
+    let set_stamp = |v: u32| {
+        let data = MapData::from_pin(&stamp).expect("stamp map");
+        let mut a: Array<MapData, u32> = Array::try_from(Map::Array(data)).expect("array");
+        a.set(0, v, 0).expect("set stamp");
+    };
+    set_stamp(lb_common::LAYOUT_VERSION + 1);
+    let log = lab
+        .try_start(&lab.full_config())
+        .expect_err("a daemon must refuse pins of another layout");
+    assert!(
+        log.contains("layout version") && log.contains("xlb detach --pin-dir"),
+        "{log}"
+    );
+    assert!(
+        !spread(&lab, 5).contains_key("error"),
+        "the old forwarder keeps running while the new daemon refuses"
+    );
+    set_stamp(lb_common::LAYOUT_VERSION);
+    lab.start(&lab.full_config());
+    assert_eq!(lab.json(&["status"])["adopted"], true);
+}
+
+#[test]
+fn decap_cli_attaches_counts_updates_and_detaches() {
+    let mut lab = Lab::new(1);
+    let _servers = lab.net.start_servers();
+    lab.start(&lab.full_config());
+    assert_eq!(spread(&lab, 10).get("backend-1"), Some(&10));
+
+    let b = &lab.net.backends[0];
+    let pins = lab.decap_pins.display().to_string();
+    let status = |lab: &Lab| -> serde_json::Value {
+        let out = lab.in_ns(
+            &b.ns.name,
+            &["decap", "status", "b1", "--pin-dir", &pins, "-o", "json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let s = status(&lab);
+    assert_eq!(s["addresses"][0], b.addr.to_string());
+    assert!(
+        s["decapsulated"]["packets"].as_u64().expect("count") >= 30,
+        "{s}"
+    );
+
+    // A second attach updates in place (new program, same link): traffic keeps flowing.
+    let out = lab.in_ns(&b.ns.name, &["decap", "attach", "b1", "--pin-dir", &pins]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("decap updated on b1"),
+        "{out:?}"
+    );
+    assert_eq!(spread(&lab, 10).get("backend-1"), Some(&10));
+
+    let out = lab.in_ns(&b.ns.name, &["decap", "detach", "b1", "--pin-dir", &pins]);
+    assert!(out.status.success(), "{out:?}");
+    let link = b.ns.ip(&["-d", "link", "show", "b1"]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "no XDP program left on b1"
+    );
+    // Without decap the backend's kernel drops the IPIP packets (no tunnel module).
+    assert_eq!(spread(&lab, 2).get("error"), Some(&2));
+    let out = lab.in_ns(&b.ns.name, &["decap", "detach", "b1", "--pin-dir", &pins]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no xlb decap pinned for b1"));
+}

@@ -6,6 +6,7 @@
 mod attach;
 mod error;
 pub mod pin;
+mod ring_map;
 
 use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 
@@ -25,6 +26,9 @@ use lb_common::{
 pub use pin::PinState;
 
 use crate::EBPF_OBJECT;
+
+/// `BPF_MAP_TYPE_ARRAY`.
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -222,18 +226,22 @@ impl Dataplane {
         Ok(a.set(id, b, 0)?)
     }
 
-    /// Publish a complete ring for `vip_id`: a new inner array is filled, then swapped in with one
-    /// map update, so packets see the old ring or the new one and never a mix.
+    /// Publish a complete ring for `vip_id`: a new inner array is filled (one batch syscall),
+    /// then swapped in with one map update, so packets see the old ring or
+    /// the new one and never a mix.
     pub fn set_ring(&mut self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
         let len =
             u32::try_from(table.len()).map_err(|_| DataplaneError::RingTooLarge(table.len()))?;
-        let mut inner: Array<MapData, u32> = Array::create(len, lb_common::BPF_F_INNER_MAP)?;
-        for (slot, id) in table.iter().enumerate() {
-            if *id != 0 {
-                inner.set(slot as u32, id, 0)?;
-            }
-        }
-        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
+        let obj = aya_obj::Map::new_from_params(
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            4,
+            len,
+            lb_common::BPF_F_INNER_MAP,
+        );
+        let inner = MapData::create(obj, "xlb_ring", None)?;
+        ring_map::write(&inner, table)?;
+        let mut rings: ArrayOfMaps<_, MapData> =
             ArrayOfMaps::try_from(self.map_mut(names::RINGS)?)?;
         rings.set(vip_id, &inner, 0)?;
         Ok(())
@@ -241,13 +249,17 @@ impl Dataplane {
 
     /// Read back the ring currently published for `vip_id`.
     pub fn ring(&self, vip_id: u32) -> Result<Vec<u32>, DataplaneError> {
+        let rings: ArrayOfMaps<_, MapData> = ArrayOfMaps::try_from(self.map(names::RINGS)?)?;
+        let inner = rings.get(&vip_id, 0)?;
+        let len = inner.info()?.max_entries() as usize;
+        ring_map::read(&inner, len)
+    }
+
+    /// One slot of the ring published for `vip_id`.
+    pub fn ring_entry(&self, vip_id: u32, slot: u32) -> Result<u32, DataplaneError> {
         let rings: ArrayOfMaps<_, Array<MapData, u32>> =
             ArrayOfMaps::try_from(self.map(names::RINGS)?)?;
-        let inner = rings.get(&vip_id, 0)?;
-        inner
-            .iter()
-            .map(|r| r.map_err(DataplaneError::from))
-            .collect()
+        Ok(rings.get(&vip_id, 0)?.get(&slot, 0)?)
     }
 
     pub fn set_tx_port(&mut self, slot: u32, ifindex: u32) -> Result<(), DataplaneError> {
