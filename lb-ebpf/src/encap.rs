@@ -14,7 +14,7 @@ use crate::{
     hdr::*,
     icmp,
     maps::TX_PORTS,
-    parse::{Parsed, bound_l3, ptr_at, read},
+    parse::{Parsed, bound_l3, read, write},
     stats::Verdict,
 };
 
@@ -66,15 +66,12 @@ pub fn write_l2(
         18 => tags[0][2..4].copy_from_slice(&proto),
         _ => tags[1][2..4].copy_from_slice(&proto),
     }
-    // SAFETY: ptr_at bounds-checks every write.
-    unsafe {
-        ptr_at::<EthHdr>(ctx, 0)?.write_unaligned(eth);
-        if l2.len >= 18 {
-            ptr_at::<[u8; 4]>(ctx, 14)?.write_unaligned(tags[0]);
-        }
-        if l2.len >= 22 {
-            ptr_at::<[u8; 4]>(ctx, 18)?.write_unaligned(tags[1]);
-        }
+    write::<EthHdr>(ctx, 0, eth)?;
+    if l2.len >= 18 {
+        write::<[u8; 4]>(ctx, 14, tags[0])?;
+    }
+    if l2.len >= 22 {
+        write::<[u8; 4]>(ctx, 18, tags[1])?;
     }
     Ok(())
 }
@@ -173,8 +170,7 @@ pub fn send(
             src,
             dst: b.addr.0,
         };
-        // SAFETY: bounds-checked by ptr_at.
-        unsafe { ptr_at::<Ipv6Hdr>(ctx, l3)?.write_unaligned(h) };
+        write::<Ipv6Hdr>(ctx, l3, h)?;
     } else {
         let src = (cfg.encap_src_v4 & !cfg.encap_src_v4_mask) | (entropy & cfg.encap_src_v4_mask);
         let mut h = Ipv4Hdr {
@@ -190,8 +186,7 @@ pub fn send(
             dst: b.addr.0[0],
         };
         h.csum = csum::ipv4(&h);
-        // SAFETY: bounds-checked by ptr_at.
-        unsafe { ptr_at::<Ipv4Hdr>(ctx, l3)?.write_unaligned(h) };
+        write::<Ipv4Hdr>(ctx, l3, h)?;
     }
     if udp_len != 0 {
         // Source port from the flow, in the ephemeral range, so the backend's RSS spreads flows.
@@ -201,8 +196,7 @@ pub fn send(
             len_be: (payload as u16).to_be(),
             csum: 0,
         };
-        // SAFETY: bounds-checked by ptr_at.
-        unsafe { ptr_at::<UdpHdr>(ctx, l3 + ip_len)?.write_unaligned(udp) };
+        write::<UdpHdr>(ctx, l3 + ip_len, udp)?;
     }
     transmit(b)
 }

@@ -1,7 +1,9 @@
-//! Wire headers. Packet memory may be unaligned: read and write them with `read_unaligned` /
-//! `write_unaligned` only.
+//! Wire headers, aligned to 2: every header of an Ethernet frame starts at an even offset (14-byte
+//! Ethernet, 4-byte tags, IHL and extension headers in multiples of 4 and 8) and XDP frames start
+//! aligned. Declaring that truthfully lets the compiler use 16/32-bit loads and stores instead of
+//! the byte-at-a-time code `read_unaligned` produces on BPF (hundreds of instructions per packet).
 
-#[repr(C)]
+#[repr(C, packed(2))]
 #[derive(Clone, Copy)]
 pub struct EthHdr {
     pub dst: [u8; 6],
@@ -9,7 +11,7 @@ pub struct EthHdr {
     pub proto_be: u16,
 }
 
-#[repr(C)]
+#[repr(C, packed(2))]
 #[derive(Clone, Copy)]
 pub struct Ipv4Hdr {
     pub vihl: u8,
@@ -24,7 +26,7 @@ pub struct Ipv4Hdr {
     pub dst: u32,
 }
 
-#[repr(C)]
+#[repr(C, packed(2))]
 #[derive(Clone, Copy)]
 pub struct Ipv6Hdr {
     /// Version, traffic class, flow label.
@@ -36,7 +38,7 @@ pub struct Ipv6Hdr {
     pub dst: [u32; 4],
 }
 
-#[repr(C)]
+#[repr(C, packed(2))]
 #[derive(Clone, Copy)]
 pub struct UdpHdr {
     pub sport_be: u16,
@@ -46,7 +48,7 @@ pub struct UdpHdr {
 }
 
 /// The first 14 bytes of TCP: enough for ports and flags.
-#[repr(C)]
+#[repr(C, packed(2))]
 #[derive(Clone, Copy)]
 pub struct TcpHead {
     pub sport_be: u16,
@@ -57,7 +59,7 @@ pub struct TcpHead {
     pub flags: u8,
 }
 
-#[repr(C)]
+#[repr(C, packed(2))]
 #[derive(Clone, Copy)]
 pub struct IcmpHdr {
     pub kind: u8,

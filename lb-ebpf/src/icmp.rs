@@ -14,7 +14,7 @@ use crate::{
     csum,
     encap::{L2, write_l2},
     hdr::*,
-    parse::{Parsed, bound_l3, ptr_at, read},
+    parse::{Parsed, bound_l3, ptr_at, read, write},
     stats::{Verdict, count_reason},
 };
 
@@ -81,9 +81,9 @@ fn too_big_v4(ctx: &XdpContext, p: &Parsed, l2: &L2, mtu: u32) -> Result<u32, Ve
     };
     // SAFETY: every pointer is bounds-checked by ptr_at, the checksum range included.
     unsafe {
-        ptr_at::<Ipv4Hdr>(ctx, l3)?.write_unaligned(ip);
+        write::<Ipv4Hdr>(ctx, l3, ip)?;
         let msg = ptr_at::<[u8; size_of::<IcmpHdr>() + QUOTE_V4]>(ctx, icmp_off)?;
-        (msg as *mut IcmpHdr).write_unaligned(icmp);
+        (msg as *mut IcmpHdr).write(icmp);
         let sum = csum::partial(msg as *mut u8, (size_of::<IcmpHdr>() + QUOTE_V4) as u32, 0);
         (*(msg as *mut IcmpHdr)).csum = csum::fold(sum);
     }
@@ -108,8 +108,9 @@ fn too_big_v6(ctx: &XdpContext, p: &Parsed, l2: &L2, mtu: u32) -> Result<u32, Ve
     };
     // Pseudo-header: source, destination, upper-layer length, next header.
     let mut pseudo = [0u32; 10];
-    pseudo[..4].copy_from_slice(&ip.src);
-    pseudo[4..8].copy_from_slice(&ip.dst);
+    let (src, dst) = (ip.src, ip.dst);
+    pseudo[..4].copy_from_slice(&src);
+    pseudo[4..8].copy_from_slice(&dst);
     pseudo[8] = (msg_len as u32).to_be();
     pseudo[9] = (PROTO_ICMPV6 as u32).to_be();
     let icmp = IcmpHdr {
@@ -121,9 +122,9 @@ fn too_big_v6(ctx: &XdpContext, p: &Parsed, l2: &L2, mtu: u32) -> Result<u32, Ve
     let icmp_off = l3 + size_of::<Ipv6Hdr>();
     // SAFETY: every pointer is bounds-checked by ptr_at, the checksum range included.
     unsafe {
-        ptr_at::<Ipv6Hdr>(ctx, l3)?.write_unaligned(ip);
+        write::<Ipv6Hdr>(ctx, l3, ip)?;
         let msg = ptr_at::<[u8; size_of::<IcmpHdr>() + QUOTE_V6]>(ctx, icmp_off)?;
-        (msg as *mut IcmpHdr).write_unaligned(icmp);
+        (msg as *mut IcmpHdr).write(icmp);
         let seed = csum::partial(pseudo.as_mut_ptr() as *mut u8, 40, 0) as u32;
         let sum = csum::partial(msg as *mut u8, msg_len as u32, seed);
         (*(msg as *mut IcmpHdr)).csum = csum::fold(sum);

@@ -54,9 +54,21 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Verdict> {
 
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Verdict> {
+    const { assert!(core::mem::align_of::<T>() <= 2, "packet data is only 2-aligned") };
     let p = ptr_at::<T>(ctx, off)?;
-    // SAFETY: ptr_at checked that size_of::<T>() bytes at p lie inside the packet.
-    Ok(unsafe { p.read_unaligned() })
+    // SAFETY: ptr_at checked that size_of::<T>() bytes at p lie inside the packet; packet
+    // headers are 2-aligned (see `hdr`) and T asks for no more.
+    Ok(unsafe { p.read() })
+}
+
+/// Store `v` at `off` (bounds-checked), with the same alignment contract as `read`.
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Result<(), Verdict> {
+    const { assert!(core::mem::align_of::<T>() <= 2, "packet data is only 2-aligned") };
+    let p = ptr_at::<T>(ctx, off)?;
+    // SAFETY: as in `read`: in bounds and suitably aligned.
+    unsafe { p.write(v) };
+    Ok(())
 }
 
 /// Ethernet and up to two VLAN tags: the offset of the L3 header and its ethertype.

@@ -225,7 +225,14 @@ fn run(cli: Cli) -> Result<()> {
                 lb_common::prog_names::DECAP,
                 lb_common::prog_names::PASS,
             ] {
-                println!("{name}: loaded, program id {}", dp.program_id(name)?);
+                let info = dp.program(name)?.info()?;
+                println!(
+                    "{name}: loaded, program id {}, {} BPF instructions ({} verified), {} bytes JITed",
+                    info.id(),
+                    info.size_translated().unwrap_or(0) / 8,
+                    info.verified_instruction_count().unwrap_or(0),
+                    info.size_jitted()
+                );
             }
             Ok(())
         }
