@@ -54,7 +54,12 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Verdict> {
 
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Verdict> {
-    const { assert!(core::mem::align_of::<T>() <= 2, "packet data is only 2-aligned") };
+    const {
+        assert!(
+            core::mem::align_of::<T>() <= 2,
+            "packet data is only 2-aligned"
+        )
+    };
     let p = ptr_at::<T>(ctx, off)?;
     // SAFETY: ptr_at checked that size_of::<T>() bytes at p lie inside the packet; packet
     // headers are 2-aligned (see `hdr`) and T asks for no more.
@@ -64,7 +69,12 @@ pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Verdict> {
 /// Store `v` at `off` (bounds-checked), with the same alignment contract as `read`.
 #[inline(always)]
 pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Result<(), Verdict> {
-    const { assert!(core::mem::align_of::<T>() <= 2, "packet data is only 2-aligned") };
+    const {
+        assert!(
+            core::mem::align_of::<T>() <= 2,
+            "packet data is only 2-aligned"
+        )
+    };
     let p = ptr_at::<T>(ctx, off)?;
     // SAFETY: as in `read`: in bounds and suitably aligned.
     unsafe { p.write(v) };
