@@ -34,6 +34,11 @@ pub mod map_names {
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Generator and benchmark sink (not pinned by the daemon).
+    pub const LOADGEN: &str = "LOADGEN";
+    pub const LOADGEN_SEQ: &str = "LOADGEN_SEQ";
+    pub const SINK_STATS: &str = "SINK_STATS";
+    /// The maps the daemon pins and checks on adoption.
     pub const ALL: &[&str] = &[
         VIPS,
         RINGS,
@@ -54,6 +59,14 @@ pub mod prog_names {
     pub const FORWARD: &str = "xlb_forward";
     pub const DECAP: &str = "xlb_decap";
     pub const PASS: &str = "xlb_pass";
+    /// Packet generator for `xlb loadgen` (run as XDP live frames).
+    pub const LOADGEN: &str = "xlb_loadgen";
+    /// Counts and drops: the benchmark's receiver.
+    pub const SINK: &str = "xlb_sink";
+    /// Redirects everything to `TX_PORTS[1]`: the benchmark's trivial baseline.
+    pub const REDIRECT: &str = "xlb_redirect";
+    /// Every program of the object.
+    pub const ALL: &[&str] = &[FORWARD, DECAP, PASS, LOADGEN, SINK, REDIRECT];
 }
 
 /// Address family of a key or backend (`AF_INET`/`AF_INET6` values, for readability in dumps).

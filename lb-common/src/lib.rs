@@ -13,6 +13,7 @@ extern crate std;
 pub mod consts;
 pub mod decision;
 pub mod hash;
+pub mod loadgen;
 pub mod stats;
 pub mod types;
 

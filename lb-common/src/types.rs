@@ -157,6 +157,7 @@ mod pod {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for crate::loadgen::LoadgenConfig {}
 }
 
 #[cfg(feature = "user")]

@@ -8,6 +8,7 @@ mod encap;
 mod forward;
 mod hdr;
 mod icmp;
+mod loadgen;
 mod maps;
 mod parse;
 mod stats;
@@ -35,6 +36,34 @@ pub fn xlb_decap(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The packet generator of `xlb loadgen`, run with BPF_PROG_TEST_RUN live frames.
+#[xdp]
+pub fn xlb_loadgen(ctx: XdpContext) -> u32 {
+    loadgen::run(&ctx)
+}
+
+/// Benchmark receiver: counts and drops.
+#[xdp]
+pub fn xlb_sink(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    if let Some(c) = maps::SINK_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Benchmark baseline: the cheapest useful forwarder, a redirect of everything to port 1.
+#[xdp]
+pub fn xlb_redirect(_ctx: XdpContext) -> u32 {
+    maps::TX_PORTS
+        .redirect(1, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 #[cfg(not(test))]

@@ -62,3 +62,15 @@ pub static DECAP_ADDRS: HashMap<lb_common::Addr, u32, 64> = HashMap::new();
 
 #[btf_map]
 pub static DECAP_STATS: PerCpuArray<Counter, { DECAP_STATS_COUNT as usize }> = PerCpuArray::new();
+
+/// Generator template (`xlb loadgen`).
+#[btf_map]
+pub static LOADGEN: Array<lb_common::loadgen::LoadgenConfig, 1> = Array::new();
+
+/// Generator frame counter, per CPU.
+#[btf_map]
+pub static LOADGEN_SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Benchmark receiver counters.
+#[btf_map]
+pub static SINK_STATS: PerCpuArray<Counter, 1> = PerCpuArray::new();

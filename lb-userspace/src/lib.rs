@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod decap;
 pub mod engine;
+pub mod loadgen;
 pub mod nexthop;
 pub mod view;
 

@@ -113,11 +113,64 @@ enum Command {
         #[command(flatten)]
         o: OutputArg,
     },
+    /// Generate packets towards a VIP from this host (XDP live frames; see docs/loadgen.md).
+    Loadgen(LoadgenArgs),
     /// Backend side: strip xlb's encapsulation on an interface.
     #[command(subcommand)]
     Decap(DecapCmd),
     /// Load the embedded XDP programs into the kernel (verifier included) and report the result.
     Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenKind {
+    /// UDP datagrams.
+    Udp,
+    /// TCP SYNs: every packet opens a flow.
+    Syn,
+    /// TCP ACKs: packets of established flows.
+    Ack,
+}
+
+#[derive(clap::Args)]
+struct LoadgenArgs {
+    /// Interface the frames leave from.
+    #[arg(long)]
+    iface: String,
+    /// Destination as ADDRESS:PORT (the VIP).
+    #[arg(long)]
+    dst: SocketAddr,
+    /// Destination MAC (the LB's or the next hop's interface).
+    #[arg(long)]
+    dst_mac: String,
+    /// Source address of flow 0 (default: the interface's first address of the VIP's family).
+    #[arg(long)]
+    src: Option<IpAddr>,
+    /// Source port of flow 0; flows take consecutive ports, then the next source addresses.
+    #[arg(long, default_value_t = 1024)]
+    sport: u16,
+    /// Distinct flows.
+    #[arg(long, default_value_t = 1024)]
+    flows: u32,
+    /// Frame size in bytes without FCS (minimum 60).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, value_enum, default_value_t = GenKind::Udp)]
+    kind: GenKind,
+    /// Packets per second over all threads (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds to run.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Packets to send.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Generator threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    o: OutputArg,
 }
 
 #[derive(Subcommand)]
@@ -218,13 +271,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Flows { vip, limit, o } => cli::flows(&socket, vip, limit, o),
         Command::Explain { src, dst, syn, o } => cli::explain(&socket, src, &dst, syn, o),
         Command::Decap(c) => decap_cmd(c),
+        Command::Loadgen(a) => loadgen_cmd(a),
         Command::Check => {
             let mut dp = Dataplane::load(&LoadOptions::default())?;
-            for name in [
-                lb_common::prog_names::FORWARD,
-                lb_common::prog_names::DECAP,
-                lb_common::prog_names::PASS,
-            ] {
+            for &name in lb_common::prog_names::ALL {
                 let info = dp.program(name)?.info()?;
                 println!(
                     "{name}: loaded, program id {}, {} BPF instructions ({} verified), {} bytes JITed",
@@ -297,4 +347,80 @@ fn decap_cmd(c: DecapCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn loadgen_cmd(a: LoadgenArgs) -> Result<()> {
+    use std::io::Write as _;
+    use xlb::loadgen::{self, Kind};
+    let c = std::ffi::CString::new(a.iface.clone())?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        anyhow::bail!("no interface {:?} in this network namespace", a.iface);
+    }
+    let src = match a.src {
+        Some(s) => s,
+        None => decap::iface_addrs(&a.iface)?
+            .into_iter()
+            .find(|x| x.is_ipv4() == a.dst.is_ipv4())
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} has no address of the VIP's family; give --src", a.iface)
+            })?,
+    };
+    let opts = loadgen::Options {
+        iface: a.iface.clone(),
+        ifindex,
+        src_mac: loadgen::iface_mac(&a.iface)?,
+        dst_mac: loadgen::parse_mac(&a.dst_mac)?,
+        src,
+        dst: a.dst.ip(),
+        dport: a.dst.port(),
+        sport: a.sport,
+        flows: a.flows,
+        size: a.size,
+        kind: match a.kind {
+            GenKind::Udp => Kind::Udp,
+            GenKind::Syn => Kind::Syn,
+            GenKind::Ack => Kind::Ack,
+        },
+        rate: a.rate,
+        duration: a.duration.map(std::time::Duration::from_secs_f64),
+        count: a.count,
+        threads: a.threads.unwrap_or_else(loadgen::ncpus),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let json = a.o.output == cli::Output::Json;
+    let mut prev = (0u64, std::time::Duration::ZERO);
+    let size = opts.size.max(60);
+    let s = loadgen::run(&opts, stop, |n, t| {
+        let dt = (t - prev.1).as_secs_f64();
+        let pps = (n - prev.0) as f64 / dt.max(1e-9);
+        prev = (n, t);
+        if !json {
+            eprint!(
+                "\r{:>6.1}s  {:>12} packets  {:>8} pps  {:>8}bit/s   ",
+                t.as_secs_f64(),
+                n,
+                cli::human(pps),
+                cli::human(pps * size as f64 * 8.0)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        eprintln!();
+        println!(
+            "sent {} packets of {} bytes in {:.2} s: {} pps, {}bit/s ({} threads, {} flows)",
+            s.packets,
+            s.frame_size,
+            s.seconds,
+            cli::human(s.pps),
+            cli::human(s.bits_per_second),
+            s.threads,
+            s.flows
+        );
+    }
+    Ok(())
 }

@@ -112,11 +112,7 @@ impl Dataplane {
                 return Err(DataplaneError::MissingMap(name));
             }
         }
-        for name in [
-            lb_common::prog_names::FORWARD,
-            lb_common::prog_names::DECAP,
-            lb_common::prog_names::PASS,
-        ] {
+        for &name in lb_common::prog_names::ALL {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingProgram(name))?
@@ -163,6 +159,18 @@ impl Dataplane {
         self.ebpf
             .map_mut(name)
             .ok_or(DataplaneError::MissingMap(name))
+    }
+
+    /// Any map of the object by name (for tools such as the generator and the benchmark).
+    pub fn map_mut_by_name(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.map_mut(name)
+    }
+
+    pub fn map_by_name(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.map(name)
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
@@ -319,6 +327,11 @@ impl Dataplane {
         }
         debug_assert_eq!(out.len(), REASON_COUNT as usize);
         Ok(out)
+    }
+
+    /// Packets counted and dropped by `xlb_sink`.
+    pub fn sink_stats(&self) -> Result<Counter, DataplaneError> {
+        self.sum(names::SINK_STATS, 0)
     }
 
     pub fn decap_stats(&self, index: u32) -> Result<Counter, DataplaneError> {
