@@ -2,6 +2,7 @@
 //! operator CLI. The `xlb` binary is a thin `main` over this library; tests drive the same code.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -134,10 +134,11 @@ fn pin_cpu(cpu: usize) {
     }
 }
 
+/// Online CPUs of the machine (not of this thread's affinity mask).
 pub fn ncpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 { 1 } else { n as usize }
 }
 
 /// Generate until the duration or count is reached (or `stop` is set); `progress` is called

@@ -115,6 +115,23 @@ enum Command {
     },
     /// Generate packets towards a VIP from this host (XDP live frames; see docs/loadgen.md).
     Loadgen(LoadgenArgs),
+    /// Measure: per-packet cost, throughput against a trivial baseline, Maglev builds, memory.
+    Bench {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Skip the namespace throughput runs.
+        #[arg(long)]
+        no_throughput: bool,
+        /// Seconds per throughput run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Per-packet: batches of runs (min and median are over batch means).
+        #[arg(long, default_value_t = 15)]
+        batches: usize,
+        #[arg(long, default_value_t = 2000)]
+        runs_per_batch: usize,
+    },
     /// Backend side: strip xlb's encapsulation on an interface.
     #[command(subcommand)]
     Decap(DecapCmd),
@@ -272,6 +289,26 @@ fn run(cli: Cli) -> Result<()> {
         Command::Explain { src, dst, syn, o } => cli::explain(&socket, src, &dst, syn, o),
         Command::Decap(c) => decap_cmd(c),
         Command::Loadgen(a) => loadgen_cmd(a),
+        Command::Bench {
+            json,
+            no_throughput,
+            seconds,
+            batches,
+            runs_per_batch,
+        } => {
+            let r = xlb::bench::run(&xlb::bench::Options {
+                throughput: !no_throughput,
+                batches: batches.max(1),
+                per_batch: runs_per_batch.max(1),
+                seconds,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", xlb::bench::render(&r));
+            }
+            Ok(())
+        }
         Command::Check => {
             let mut dp = Dataplane::load(&LoadOptions::default())?;
             for &name in lb_common::prog_names::ALL {

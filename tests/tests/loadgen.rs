@@ -95,7 +95,11 @@ fn xlb_loadgen_delivers_what_it_counts() {
     let sink_ns = Netns::new("sink");
     // No IPv6 autoconfiguration chatter: the sink must count the generator's frames only.
     for k in ["all", "default"] {
-        gen_ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.{k}.disable_ipv6=1")]);
+        gen_ns.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
+        ]);
     }
     veth(&gen_ns, "g0", &sink_ns, "s0");
     gen_ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "g0"]);

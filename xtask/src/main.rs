@@ -25,6 +25,16 @@ enum Command {
     },
     /// Build and run the self-contained demo on network namespaces.
     Demo,
+    /// Build release binaries and run the benchmarks: `xlb bench` (per packet, throughput,
+    /// Maglev, memory) and the control-plane figures (`xlb-ctlbench`).
+    Bench {
+        /// One JSON object (xlb bench's, with the control-plane figures under `control_plane`).
+        #[arg(long)]
+        json: bool,
+        /// Skip the namespace throughput runs.
+        #[arg(long)]
+        no_throughput: bool,
+    },
     /// cargo fmt --check and clippy -D warnings on host crates and on lb-ebpf for the BPF target.
     Lint,
 }
@@ -42,5 +52,12 @@ fn main() -> Result<()> {
             util::demo()
         }
         Command::Lint => util::lint(),
+        Command::Bench {
+            json,
+            no_throughput,
+        } => {
+            setup::run()?;
+            util::bench(json, no_throughput)
+        }
     }
 }

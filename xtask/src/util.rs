@@ -128,3 +128,38 @@ pub fn demo() -> Result<()> {
 fn nix_is_root() -> bool {
     cmd_ok("id", &["-u"], "0")
 }
+
+pub fn bench(json: bool, no_throughput: bool) -> Result<()> {
+    cmd(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "lb-userspace",
+            "-p",
+            "tests",
+            "--bins",
+        ],
+    )?;
+    let root = workspace_root();
+    let xlb = root.join("target/release/xlb");
+    let ctl = root.join("target/release/xlb-ctlbench");
+    let mut args = vec!["bench"];
+    if no_throughput {
+        args.push("--no-throughput");
+    }
+    if !json {
+        cmd(&xlb.display().to_string(), &args)?;
+        println!();
+        return cmd(&ctl.display().to_string(), &[]);
+    }
+    args.push("--json");
+    let mut report: serde_json::Value =
+        serde_json::from_str(&cmd_stdout(&xlb.display().to_string(), &args)?)?;
+    let control: serde_json::Value =
+        serde_json::from_str(&cmd_stdout(&ctl.display().to_string(), &["--json"])?)?;
+    report["control_plane"] = control;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
