@@ -99,6 +99,14 @@ pub const FWD_GUE: u8 = 1;
 pub const FWD_L2: u8 = 2;
 pub const FWD_MODE_MAX: u8 = 2;
 
+/// `LbConfig::flags`: some VIP is a port-0 wildcard. Without it the forwarder skips the
+/// wildcard lookup, so traffic to non-VIP addresses costs one hash lookup instead of two.
+pub const CFG_F_WILDCARD_VIPS: u32 = 1 << 0;
+
+/// Conntrack LRU lists per CPU rather than one shared, locked list (as Katran does): flows stay
+/// on their RSS CPU, so a new flow never contends for a global lock.
+pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// `VipMeta::flags`: no conntrack for this VIP; every packet follows the ring (stateless UDP).
 pub const VIP_F_NO_CONNTRACK: u16 = 1 << 0;
 

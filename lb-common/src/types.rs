@@ -120,7 +120,8 @@ pub struct LbConfig {
     pub mtu: u16,
     /// GUE destination port (wire order).
     pub gue_port_be: u16,
-    pub _pad: u32,
+    /// `CFG_F_*`.
+    pub flags: u32,
 }
 
 impl FlowKey {

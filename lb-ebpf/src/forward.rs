@@ -2,7 +2,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    VIP_F_NO_CONNTRACK,
+    CFG_F_WILDCARD_VIPS, VIP_F_NO_CONNTRACK,
     decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
     stats::Reason,
 };
@@ -18,10 +18,12 @@ use crate::{
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Result<u32, Verdict> {
     let p = parse::parse(ctx)?;
-    let mut maps = Maps;
-    let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
     // Index 0 of an array always exists; the check is for the verifier.
     let cfg = CONFIG.get(0).ok_or(Verdict::pass(Reason::PassNotVip))?;
+    let mut maps = Maps {
+        wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
+    };
+    let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
     let d = decide(&mut maps, &p.pkt, vip, cfg.hash_seed).map_err(Verdict::of)?;
     let backend = BACKENDS
         .get(d.backend_id)

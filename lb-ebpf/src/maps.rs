@@ -34,8 +34,12 @@ pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 /// flow -> backend and last-seen time, per CPU (RSS keeps a flow on one CPU, so no locking).
 /// LRU: under a flood of new flows the oldest entries go, and those flows follow the ring.
 #[btf_map]
-pub static CONNTRACK: LruPerCpuHashMap<FlowKey, FlowState, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
-    LruPerCpuHashMap::new();
+pub static CONNTRACK: LruPerCpuHashMap<
+    FlowKey,
+    FlowState,
+    { CONNTRACK_DEFAULT_ENTRIES as usize },
+    { lb_common::BPF_F_NO_COMMON_LRU as usize },
+> = LruPerCpuHashMap::new();
 
 /// Index 0: run-time settings (hash seed, MTU, encap sources, GUE port).
 #[btf_map]

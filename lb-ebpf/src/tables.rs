@@ -5,11 +5,18 @@ use lb_common::{Backend, FlowKey, FlowState, VipKey, VipMeta, decision::Tables};
 
 use crate::maps::{BACKENDS, CONNTRACK, RINGS, VIPS};
 
-pub struct Maps;
+pub struct Maps {
+    /// Some VIP is a port-0 wildcard (`CFG_F_WILDCARD_VIPS`); otherwise port-0 lookups are
+    /// known misses and skipped.
+    pub wildcards: bool,
+}
 
 impl Tables for Maps {
     #[inline(always)]
     fn vip(&self, key: &VipKey) -> Option<VipMeta> {
+        if key.port_be == 0 && !self.wildcards {
+            return None;
+        }
         // SAFETY: values are written whole by the daemon; a copy is taken immediately.
         unsafe { VIPS.get(key).copied() }
     }

@@ -189,7 +189,11 @@ pub fn lb_config(cfg: &Config) -> LbConfig {
         hash_seed: f.hash_seed,
         mtu: f.mtu,
         gue_port_be: f.gue_port.to_be(),
-        _pad: 0,
+        flags: if cfg.vips.iter().any(|v| v.port == 0) {
+            lb_common::CFG_F_WILDCARD_VIPS
+        } else {
+            0
+        },
     }
 }
 
@@ -925,5 +929,26 @@ pub fn load_saved(path: &Path) -> Result<Option<Saved>, String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("reading state file {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wildcard_flag_follows_port_zero_vips() {
+        let mut c = Config::default();
+        c.vips.push(Vip::new("10.0.0.1:80/tcp".parse().expect("vip")));
+        assert_eq!(lb_config(&c).flags & lb_common::CFG_F_WILDCARD_VIPS, 0);
+        c.vips.push(Vip::new("10.0.0.2:0/udp".parse().expect("vip")));
+        assert_ne!(lb_config(&c).flags & lb_common::CFG_F_WILDCARD_VIPS, 0);
+    }
+
+    #[test]
+    fn outer_source_masks_are_low_bits_in_wire_order() {
+        assert_eq!(low_bits_mask(0), 0);
+        assert_eq!(low_bits_mask(8).to_ne_bytes(), [0, 0, 0, 0xff]);
+        assert_eq!(low_bits_mask(16).to_ne_bytes(), [0, 0, 0xff, 0xff]);
     }
 }

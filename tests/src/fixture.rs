@@ -45,7 +45,7 @@ impl Fixture {
             hash_seed: SEED,
             mtu: MTU,
             gue_port_be: GUE_PORT.to_be(),
-            _pad: 0,
+            flags: 0,
         };
         let mut f = Fixture {
             dp,
@@ -113,6 +113,10 @@ impl Fixture {
             fwd_mode,
             flags,
         };
+        if port == 0 && self.cfg.flags & lb_common::CFG_F_WILDCARD_VIPS == 0 {
+            self.cfg.flags |= lb_common::CFG_F_WILDCARD_VIPS;
+            self.dp.set_config(&self.cfg).expect("config");
+        }
         self.members.insert(vip_id, members.to_vec());
         self.publish_ring(vip_id, ring_size);
         self.dp.set_vip(&key, &meta).expect("vip");
