@@ -939,9 +939,11 @@ mod tests {
     #[test]
     fn the_wildcard_flag_follows_port_zero_vips() {
         let mut c = Config::default();
-        c.vips.push(Vip::new("10.0.0.1:80/tcp".parse().expect("vip")));
+        c.vips
+            .push(Vip::new("10.0.0.1:80/tcp".parse().expect("vip")));
         assert_eq!(lb_config(&c).flags & lb_common::CFG_F_WILDCARD_VIPS, 0);
-        c.vips.push(Vip::new("10.0.0.2:0/udp".parse().expect("vip")));
+        c.vips
+            .push(Vip::new("10.0.0.2:0/udp".parse().expect("vip")));
         assert_ne!(lb_config(&c).flags & lb_common::CFG_F_WILDCARD_VIPS, 0);
     }
 

@@ -157,9 +157,9 @@ struct LoadgenArgs {
     /// Destination as ADDRESS:PORT (the VIP).
     #[arg(long)]
     dst: SocketAddr,
-    /// Destination MAC (the LB's or the next hop's interface).
+    /// Destination MAC (the LB's or the next hop's); default: resolved from the route to --dst.
     #[arg(long)]
-    dst_mac: String,
+    dst_mac: Option<String>,
     /// Source address of flow 0 (default: the interface's first address of the VIP's family).
     #[arg(long)]
     src: Option<IpAddr>,
@@ -408,7 +408,10 @@ fn loadgen_cmd(a: LoadgenArgs) -> Result<()> {
         iface: a.iface.clone(),
         ifindex,
         src_mac: loadgen::iface_mac(&a.iface)?,
-        dst_mac: loadgen::parse_mac(&a.dst_mac)?,
+        dst_mac: match &a.dst_mac {
+            Some(m) => loadgen::parse_mac(m)?,
+            None => resolve_mac(a.dst.ip(), &a.iface)?,
+        },
         src,
         dst: a.dst.ip(),
         dport: a.dst.port(),
@@ -460,4 +463,25 @@ fn loadgen_cmd(a: LoadgenArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The next-hop MAC towards `dst`, which must be routed out of `iface`.
+fn resolve_mac(dst: IpAddr, iface: &str) -> Result<[u8; 6]> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let r = xlb::nexthop::Resolver::new()?;
+        let nh = r
+            .resolve(dst, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("resolving the next hop of {dst}: {e}; give --dst-mac"))?;
+        if nh.ifname != iface {
+            anyhow::bail!(
+                "the route to {dst} leaves via {}, not {iface}; give --dst-mac for {iface}",
+                nh.ifname
+            );
+        }
+        Ok(nh.dst_mac)
+    })
 }
