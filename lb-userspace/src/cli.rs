@@ -268,6 +268,7 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> Result<()> {
                 address,
                 weight,
                 drain,
+                health: None,
             },
         },
         BackendCmd::Remove { vip, address, now } => Request::BackendRemove { vip, address, now },
@@ -287,12 +288,23 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> Result<()> {
             let rows = list
                 .into_iter()
                 .map(|b| {
+                    let health = match &b.health {
+                        None => "-".to_string(),
+                        Some(h) => format!(
+                            "{} {:.0}s, {} fail, {:.2}% avail",
+                            if h.healthy { "up" } else { "down" },
+                            h.since_secs,
+                            h.failures,
+                            100.0 * h.availability
+                        ),
+                    };
                     vec![
                         b.vip,
                         b.address,
                         b.id.to_string(),
                         b.weight.to_string(),
                         b.state,
+                        health,
                         b.slots.to_string(),
                         b.packets.to_string(),
                         b.new_flows.to_string(),
@@ -309,6 +321,7 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> Result<()> {
                         "ID",
                         "WEIGHT",
                         "STATE",
+                        "HEALTH",
                         "SLOTS",
                         "PACKETS",
                         "NEW-FLOWS",
@@ -386,13 +399,15 @@ pub fn status(socket: &Path, o: OutputArg) -> Result<()> {
         println!("  no interfaces attached");
     }
     println!(
-        "VIPs {}, backends {} (up {}, drained {}, removing {}, next hop unresolved {})",
+        "VIPs {}, backends {} (up {}, health down {}, drained {}, removing {}, next hop unresolved {}); {} health transitions",
         s.vips,
         s.backends,
         s.backends_up,
+        s.backends_down,
         s.backends_drained,
         s.backends_removing,
-        s.backends_unresolved
+        s.backends_unresolved,
+        s.health_transitions
     );
     println!(
         "conntrack capacity {} flows/CPU; {} applies, {} ring rebuilds",

@@ -222,8 +222,154 @@ pub struct Vip {
     /// Overrides `daemon.ring_size` for this VIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_size: Option<u32>,
+    /// Health check of this VIP's backends (a backend's own `health` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
     #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// No probing: the backend is always considered healthy (static backends).
+    #[default]
+    None,
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP GET answers with an expected status (and optionally body).
+    Http,
+    /// A UDP datagram is answered (optionally with an expected substring).
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartState {
+    /// New backends take traffic until `fall` probes fail.
+    #[default]
+    Up,
+    /// New backends take traffic only after `rise` probes succeed.
+    Down,
+}
+
+fn d_interval() -> u32 {
+    2000
+}
+fn d_timeout() -> u32 {
+    1000
+}
+fn d_rise() -> u32 {
+    2
+}
+fn d_fall() -> u32 {
+    3
+}
+
+/// keepalived-style health check: `fall` consecutive failures take a backend down, `rise`
+/// consecutive successes bring it back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: ProbeKind,
+    /// Port probed on the backend's own address (default: the VIP's port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "d_interval")]
+    pub interval_ms: u32,
+    #[serde(default = "d_timeout")]
+    pub timeout_ms: u32,
+    #[serde(default = "d_rise")]
+    pub rise: u32,
+    #[serde(default = "d_fall")]
+    pub fall: u32,
+    #[serde(default)]
+    pub start: StartState,
+    /// HTTP: request path (default "/").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// HTTP: Host header (default: the backend address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP: accepted status codes, `200` or `200-399` (default 200-399).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// HTTP: the body must contain this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// UDP: datagram sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// UDP: the answer must contain this (default: any answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+impl HealthCheck {
+    /// The accepted HTTP status range.
+    pub fn status_range(&self) -> Result<(u16, u16), String> {
+        let s = self.status.as_deref().unwrap_or("200-399");
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| format!("status {s:?}: expected a code or a range like 200-399"))
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (parse(a)?, parse(b)?),
+            None => (parse(s)?, parse(s)?),
+        };
+        if lo > hi {
+            return Err(format!("status {s:?}: empty range"));
+        }
+        Ok((lo, hi))
+    }
+
+    fn validate(&self, at: &str, vip_port: u16, errs: &mut Vec<String>) {
+        if self.kind == ProbeKind::None {
+            return;
+        }
+        if !(50..=3_600_000).contains(&self.interval_ms) {
+            errs.push(format!(
+                "{at}: interval_ms {} is outside 50..=3600000",
+                self.interval_ms
+            ));
+        }
+        if self.timeout_ms < 10 || self.timeout_ms > self.interval_ms {
+            errs.push(format!(
+                "{at}: timeout_ms {} must be at least 10 and at most interval_ms",
+                self.timeout_ms
+            ));
+        }
+        if !(1..=100).contains(&self.rise) || !(1..=100).contains(&self.fall) {
+            errs.push(format!("{at}: rise and fall must be within 1..=100"));
+        }
+        if self.port.unwrap_or(vip_port) == 0 {
+            errs.push(format!("{at}: a wildcard VIP's health check needs a port"));
+        }
+        match self.kind {
+            ProbeKind::Http => {
+                if let Err(e) = self.status_range() {
+                    errs.push(format!("{at}: {e}"));
+                }
+                if self
+                    .path
+                    .as_deref()
+                    .is_some_and(|p| !p.starts_with('/') || p.contains(char::is_whitespace))
+                {
+                    errs.push(format!(
+                        "{at}: path must start with / and contain no spaces"
+                    ));
+                }
+            }
+            ProbeKind::Udp if self.payload.as_deref().unwrap_or("").is_empty() => {
+                errs.push(format!("{at}: a udp health check needs a payload"));
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +382,9 @@ pub struct BackendConfig {
     /// Administratively drained: no new flows, tracked flows continue.
     #[serde(default, skip_serializing_if = "is_false")]
     pub drain: bool,
+    /// Overrides the VIP's health check for this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 /// A VIP's identity: address, port, protocol. Printed and parsed as `10.0.0.1:80/tcp`,
@@ -300,8 +449,17 @@ impl Vip {
             forwarding: FwdMode::default(),
             conntrack: true,
             ring_size: None,
+            health: None,
             backends: Vec::new(),
         }
+    }
+
+    /// The health check in effect for one of this VIP's backends.
+    pub fn check_for<'a>(&'a self, b: &'a BackendConfig) -> Option<&'a HealthCheck> {
+        b.health
+            .as_ref()
+            .or(self.health.as_ref())
+            .filter(|h| h.kind != ProbeKind::None)
     }
 }
 
@@ -413,9 +571,15 @@ impl Config {
                     "{at}: {weighted} backends need a ring of at least 10x as many slots (ring_size {m})"
                 ));
             }
+            if let Some(h) = &v.health {
+                h.validate(&format!("{at} health"), v.port, &mut errs);
+            }
             let mut addrs = BTreeSet::new();
             for (j, b) in v.backends.iter().enumerate() {
                 let at = format!("{at} backend[{j}] {}", b.address);
+                if let Some(h) = &b.health {
+                    h.validate(&format!("{at} health"), v.port, &mut errs);
+                }
                 if !addrs.insert(b.address) {
                     errs.push(format!("{at}: listed twice in this VIP"));
                 }
@@ -541,6 +705,29 @@ drain = true
         assert!(text.contains("line 5") && text.contains("wieght"), "{text}");
         let e = Config::parse("[[vip]]\naddress = 10.0.0.1\n").expect_err("syntax");
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn health_checks_parse_inherit_and_validate() {
+        let text = GOOD.replace(
+            "hash = \"src-ip\"\n",
+            "hash = \"src-ip\"\n\n[vip.health]\ntype = \"http\"\npath = \"/healthz\"\nstatus = \"200-299\"\n",
+        );
+        let c = Config::parse(&text).expect("valid");
+        let v = &c.vips[0];
+        let h = v.check_for(&v.backends[0]).expect("inherited");
+        assert_eq!((h.kind, h.interval_ms, h.rise, h.fall), (ProbeKind::Http, 2000, 2, 3));
+        assert_eq!(h.status_range(), Ok((200, 299)));
+        assert_eq!(Config::parse(&c.to_toml()).expect("round trip"), c);
+
+        let bad = text
+            .replace("status = \"200-299\"", "status = \"299-200\"\ntimeout_ms = 5000")
+            + "\n[[vip]]\naddress = \"10.100.0.2\"\nport = 0\nprotocol = \"udp\"\n[vip.health]\ntype = \"udp\"\n";
+        let e = Config::parse(&bad).expect_err("invalid").to_string();
+        assert!(e.contains("status \"299-200\": empty range"), "{e}");
+        assert!(e.contains("timeout_ms 5000 must be at least 10 and at most interval_ms"), "{e}");
+        assert!(e.contains("vip[1] 10.100.0.2:0/udp health: a wildcard VIP's health check needs a port"), "{e}");
+        assert!(e.contains("a udp health check needs a payload"), "{e}");
     }
 
     #[test]

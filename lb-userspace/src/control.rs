@@ -208,6 +208,7 @@ fn status(e: &mut Engine) -> StatusView {
         .values()
         .filter(|m| m.unresolved.is_some())
         .count();
+    let down = e.health.values().filter(|h| !h.up).count();
     StatusView {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: e.started.elapsed().as_secs(),
@@ -225,7 +226,9 @@ fn status(e: &mut Engine) -> StatusView {
             .collect(),
         vips: e.cfg.vips.len(),
         backends,
-        backends_up: backends.saturating_sub(drained + removing + unresolved),
+        backends_up: backends.saturating_sub(drained + removing + unresolved + down),
+        backends_down: down,
+        health_transitions: e.health_transitions,
         backends_drained: drained,
         backends_removing: removing,
         backends_unresolved: unresolved,
@@ -297,9 +300,23 @@ fn backend_list(e: &Engine, only: Option<VipRef>) -> Result<Vec<BackendView>, St
         for (address, weight, mut state) in rows {
             let id = e.backend_id_of(&v.id(), &address).unwrap_or(0);
             let m = e.members.get(&id);
+            let health = e.health.get(&id);
+            if health.is_some_and(|h| !h.up) {
+                state = "down".into();
+            }
             if m.is_some_and(|m| m.unresolved.is_some()) {
                 state = "unresolved".into();
             }
+            let probed = e
+                .cfg
+                .vip(&v.id())
+                .and_then(|vc| {
+                    vc.backends
+                        .iter()
+                        .find(|b| b.address == address)
+                        .and_then(|b| vc.check_for(b))
+                })
+                .is_some();
             let st = e.dp.backend_stats(id).unwrap_or_default();
             out.push(BackendView {
                 vip: v.id().to_string(),
@@ -319,6 +336,7 @@ fn backend_list(e: &Engine, only: Option<VipRef>) -> Result<Vec<BackendView>, St
                 packets: st.packets,
                 bytes: st.bytes,
                 new_flows: st.new_flows,
+                health: health.filter(|_| probed).map(|h| h.report(Instant::now())),
             });
         }
     }

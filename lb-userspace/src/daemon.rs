@@ -24,6 +24,7 @@ use crate::{
     control::{self, Sampler},
     dataplane::{Dataplane, LoadOptions, PinState, pin},
     engine::{Engine, Removal, load_saved},
+    health::{Monitor, Transition},
 };
 
 pub struct Options {
@@ -35,6 +36,7 @@ pub struct Options {
 struct Shared {
     engine: Mutex<Engine>,
     sampler: Mutex<Sampler>,
+    monitor: Mutex<Monitor>,
 }
 
 /// Stable digest of the config file's text, to notice edits between runs.
@@ -144,10 +146,14 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let listener = bind(&d.socket, d.socket_group.as_deref())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
         sampler: Mutex::new(Sampler::default()),
+        monitor: Mutex::new(Monitor::new(tx)),
     });
+    sync_probes(&shared).await;
+    tokio::spawn(transitions(rx, shared.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(socket = %d.socket.display(), "ready");
 
@@ -277,9 +283,47 @@ async fn housekeeping(shared: Arc<Shared>, refresh: Duration) {
         if let Err(err) = e.reap_removals() {
             warn!(error = %err, "finishing drained removals");
         }
+        drop(e);
+        sync_probes(&shared).await;
+        let mut e = shared.engine.lock().await;
         if last_refresh.elapsed() >= refresh {
             last_refresh = Instant::now();
             e.refresh_nexthops().await;
+        }
+    }
+}
+
+/// Point the health monitor at the current members (after any configuration change).
+async fn sync_probes(shared: &Shared) {
+    let e = shared.engine.lock().await;
+    let targets = e.probe_targets();
+    shared
+        .monitor
+        .lock()
+        .await
+        .sync(targets, |id| e.health.get(&id).is_none_or(|h| h.up));
+}
+
+/// Apply health transitions as the monitor reports them.
+async fn transitions(mut rx: tokio::sync::mpsc::Receiver<Transition>, shared: Arc<Shared>) {
+    while let Some(t) = rx.recv().await {
+        let mut e = shared.engine.lock().await;
+        let who = e
+            .members
+            .get(&t.id)
+            .map(|m| (m.vip.to_string(), m.address.to_string()));
+        let Some((vip, backend)) = who else { continue };
+        match e.set_health(t.id, t.up, &t.reason).await {
+            Ok(true) => {
+                let state = if t.up { "up" } else { "down" };
+                if t.up {
+                    info!(%vip, %backend, state, reason = %t.reason, "backend health changed");
+                } else {
+                    warn!(%vip, %backend, state, reason = %t.reason, "backend health changed");
+                }
+            }
+            Ok(false) => {}
+            Err(err) => error!(%vip, %backend, error = %err, "applying a health transition"),
         }
     }
 }

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, ConfigError, FwdMode, Vip, VipRef},
+    config::{Config, ConfigError, FwdMode, StartState, Vip, VipRef},
     dataplane::{AttachMode, Dataplane, DataplaneError, pin},
+    health::{Target, avail::Health},
     nexthop::{NextHop, Resolver},
 };
 
@@ -41,6 +42,9 @@ pub struct Saved {
     pub removing: Vec<Removing>,
     #[serde(default)]
     pub attached: Vec<AttachedIface>,
+    /// Backend ids whose health check had them down: a restart keeps them out of the rings.
+    #[serde(default)]
+    pub down: Vec<u32>,
 }
 
 const SAVED_VERSION: u32 = 1;
@@ -146,8 +150,12 @@ pub struct Engine {
     /// Live contents of the maps this engine wrote.
     pub members: BTreeMap<u32, Member>,
     pub vip_meta: BTreeMap<VipKey, VipMeta>,
-    /// VIP ids whose ring this engine published (the rings themselves live only in the maps).
-    pub rings: BTreeSet<u32>,
+    /// What each published ring was built from (the rings themselves live only in the maps):
+    /// a ring is rebuilt only when these change.
+    pub rings: HashMap<u32, RingInputs>,
+    /// Health of every probed or unprobed member (always up without a health check).
+    pub health: HashMap<u32, Health>,
+    pub health_transitions: u64,
     tx_ports: BTreeMap<u32, u32>,
     resolver: Resolver,
     seeded_from: Option<String>,
@@ -219,7 +227,9 @@ impl Engine {
             attached: Vec::new(),
             members: BTreeMap::new(),
             vip_meta: BTreeMap::new(),
-            rings: BTreeSet::new(),
+            rings: HashMap::new(),
+            health: HashMap::new(),
+            health_transitions: 0,
             tx_ports: BTreeMap::new(),
             resolver: Resolver::new()?,
             seeded_from: None,
@@ -235,6 +245,10 @@ impl Engine {
         self.ids = saved.ids.clone();
         self.removing = saved.removing.clone();
         self.attached = saved.attached.clone();
+        for id in &saved.down {
+            self.health
+                .insert(*id, Health::new(false, "down before the restart"));
+        }
         self.seeded_from = saved.seeded_from.clone();
     }
 
@@ -458,7 +472,28 @@ impl Engine {
             };
         }
 
-        // Rings: members with weight, not drained, not being removed.
+        // Health: the recorded state, or the check's start state for a new member.
+        let all_ids = ids_map(&ids);
+        let down: BTreeSet<u32> = new
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+            .filter_map(|(v, b)| {
+                let id = *all_ids.get(&(v.id(), b.address))?;
+                let is_down = match self.health.get(&id) {
+                    Some(h) => !h.up,
+                    None => v.check_for(b).is_some_and(|c| c.start == StartState::Down),
+                };
+                is_down.then_some(id)
+            })
+            .collect();
+        for (id, m) in members.iter_mut() {
+            if down.contains(id) {
+                m.value.state |= BACKEND_F_DOWN;
+            }
+        }
+
+        // Rings: members with weight, not drained, healthy, not being removed.
         let id_of: HashMap<(VipRef, IpAddr), u32> = ids
             .backends
             .iter()
@@ -480,6 +515,9 @@ impl Engine {
                 .filter(|b| !b.drain && b.weight > 0)
                 .filter_map(|b| {
                     let id = *id_of.get(&(v.id(), b.address))?;
+                    if down.contains(&id) {
+                        return None;
+                    }
                     Some(MaglevBackend {
                         family: family_of(&b.address),
                         addr: Addr::from(b.address),
@@ -488,13 +526,27 @@ impl Engine {
                     })
                 })
                 .collect();
-            let table = if self.ring_inputs_unchanged(new, v, vip_id, &id_of) {
+            let mut key: Vec<(IpAddr, u32, u32)> = weighted
+                .iter()
+                .map(|b| (b.addr.to_ip(b.family), b.weight, b.id))
+                .collect();
+            key.sort();
+            let inputs = RingInputs {
+                size: m,
+                seed: new.forwarding.hash_seed,
+                members: key,
+            };
+            let table = if self.rings.get(&vip_id) == Some(&inputs) {
                 None
             } else {
-                Some(
+                if weighted.is_empty() && !v.backends.is_empty() {
+                    warn!(vip = %v.id(), "no healthy, undrained backend: the VIP's packets are dropped (drop_no_backend)");
+                }
+                Some((
                     maglev::build(&weighted, m, new.forwarding.hash_seed)
                         .map_err(|e| ApplyError::Refused(vec![format!("{}: {e}", v.id())]))?,
-                )
+                    inputs,
+                ))
             };
             rings.insert(vip_id, table);
             metas.insert(
@@ -521,47 +573,6 @@ impl Engine {
             freed,
             draining,
         })
-    }
-
-    /// Whether the ring of `v` would come out the same as the one published.
-    fn ring_inputs_unchanged(
-        &self,
-        new: &Config,
-        v: &Vip,
-        vip_id: u32,
-        id_of: &HashMap<(VipRef, IpAddr), u32>,
-    ) -> bool {
-        if !self.rings.contains(&vip_id)
-            || new.forwarding.hash_seed != self.cfg.forwarding.hash_seed
-        {
-            return false;
-        }
-        let Some(old) = self.cfg.vip(&v.id()) else {
-            return false;
-        };
-        if self.vip_id(&v.id()) != Some(vip_id) || self.cfg.ring_size(old) != new.ring_size(v) {
-            return false;
-        }
-        let old_ids: HashMap<(VipRef, IpAddr), u32> = self
-            .ids
-            .backends
-            .iter()
-            .map(|(v, a, id)| ((*v, *a), *id))
-            .collect();
-        let inputs = |vip: &Vip, ids: &HashMap<(VipRef, IpAddr), u32>| -> Vec<(IpAddr, u32, u32)> {
-            let mut x: Vec<_> = vip
-                .backends
-                .iter()
-                .filter(|b| !b.drain && b.weight > 0)
-                .map(|b| {
-                    let id = ids.get(&(vip.id(), b.address)).copied().unwrap_or(0);
-                    (b.address, b.weight, id)
-                })
-                .collect();
-            x.sort();
-            x
-        };
-        inputs(old, &old_ids) == inputs(v, id_of)
     }
 
     async fn execute(&mut self, new: &Config, plan: Plan) -> Result<ApplyReport, ApplyError> {
@@ -592,9 +603,9 @@ impl Engine {
             }
         }
         for (vip_id, table) in &plan.rings {
-            if let Some(t) = table {
+            if let Some((t, inputs)) = table {
                 self.dp.set_ring(*vip_id, t)?;
-                self.rings.insert(*vip_id);
+                self.rings.insert(*vip_id, inputs.clone());
                 r.rings_swapped += 1;
                 r.map_writes += 1;
                 self.ring_rebuilds += 1;
@@ -644,6 +655,13 @@ impl Engine {
         }
         self.vip_meta = plan.metas;
         self.members = plan.members;
+        let members = &self.members;
+        self.health.retain(|id, _| members.contains_key(id));
+        for (id, m) in &self.members {
+            self.health
+                .entry(*id)
+                .or_insert_with(|| Health::new(m.value.state & BACKEND_F_DOWN == 0, "start state"));
+        }
         self.ids = plan.ids;
         self.removing = plan.removing;
         self.sync_interfaces(new)?;
@@ -707,6 +725,12 @@ impl Engine {
             ids: self.ids.clone(),
             removing: self.removing.clone(),
             attached: self.attached.clone(),
+            down: self
+                .health
+                .iter()
+                .filter(|(_, h)| !h.up)
+                .map(|(id, _)| *id)
+                .collect(),
         };
         let text = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
         write_atomic(&cfg.daemon.state_file, &text)
@@ -848,6 +872,49 @@ impl Engine {
         Ok(n)
     }
 
+    /// Record a health transition of backend `id` and apply it: a backend going down leaves
+    /// its VIP's ring (only its slots move) and is marked down, so its tracked flows are
+    /// re-picked; one coming back is re-added. Returns whether anything changed.
+    pub async fn set_health(
+        &mut self,
+        id: u32,
+        up: bool,
+        reason: &str,
+    ) -> Result<bool, ApplyError> {
+        let Some(h) = self.health.get_mut(&id) else {
+            return Ok(false);
+        };
+        if !h.set(up, reason, Instant::now()) {
+            return Ok(false);
+        }
+        self.health_transitions += 1;
+        let cfg = self.cfg.clone();
+        self.apply(cfg, Removal::Drain).await?;
+        Ok(true)
+    }
+
+    /// What the health monitor should probe: every member of a VIP with a health check.
+    pub fn probe_targets(&self) -> HashMap<u32, Target> {
+        let ids = ids_map(&self.ids);
+        let mut out = HashMap::new();
+        for v in &self.cfg.vips {
+            for b in &v.backends {
+                let (Some(check), Some(id)) = (v.check_for(b), ids.get(&(v.id(), b.address)))
+                else {
+                    continue;
+                };
+                out.insert(
+                    *id,
+                    Target {
+                        addr: std::net::SocketAddr::new(b.address, check.port.unwrap_or(v.port)),
+                        check: check.clone(),
+                    },
+                );
+            }
+        }
+        out
+    }
+
     pub fn backend_id_of(&self, v: &VipRef, a: &IpAddr) -> Option<u32> {
         self.backend_id(v, a)
     }
@@ -861,12 +928,28 @@ impl Engine {
     }
 }
 
+/// The inputs of one published ring: same inputs, same table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingInputs {
+    pub size: u32,
+    pub seed: u32,
+    /// (address, weight, id) of the members in the ring, sorted.
+    pub members: Vec<(IpAddr, u32, u32)>,
+}
+
+fn ids_map(ids: &Ids) -> HashMap<(VipRef, IpAddr), u32> {
+    ids.backends
+        .iter()
+        .map(|(v, a, id)| ((*v, *a), *id))
+        .collect()
+}
+
 struct Plan {
     ids: Ids,
     removing: Vec<Removing>,
     members: BTreeMap<u32, Member>,
     /// `None`: the published ring stays.
-    rings: HashMap<u32, Option<Vec<u32>>>,
+    rings: HashMap<u32, Option<(Vec<u32>, RingInputs)>>,
     metas: BTreeMap<VipKey, VipMeta>,
     tx_ports: BTreeMap<u32, u32>,
     freed: BTreeSet<u32>,

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod decap;
 pub mod engine;
+pub mod health;
 pub mod loadgen;
 pub mod nexthop;
 pub mod view;

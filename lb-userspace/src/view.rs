@@ -18,6 +18,9 @@ pub struct StatusView {
     pub backends_drained: usize,
     pub backends_removing: usize,
     pub backends_unresolved: usize,
+    /// Out of the rings because their health check failed.
+    pub backends_down: usize,
+    pub health_transitions: u64,
     pub conntrack_capacity: u32,
     pub applies: u64,
     pub ring_rebuilds: u64,
@@ -57,6 +60,9 @@ pub struct BackendView {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Health and availability (backends with a health check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::avail::Availability>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -1,0 +1,194 @@
+//! One probe of one backend. The caller applies the timeout; every failure is a short reason
+//! that ends up in the transition log ("3 consecutive tcp probe failures (last: connection
+//! refused)").
+
+use std::net::SocketAddr;
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+};
+
+use crate::config::{HealthCheck, ProbeKind};
+
+/// Largest HTTP answer read (status line, headers and the start of the body).
+const HTTP_READ_MAX: u64 = 64 * 1024;
+
+fn io_reason(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        _ => e.to_string(),
+    }
+}
+
+pub async fn probe(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
+    match c.kind {
+        ProbeKind::None => Ok(()),
+        ProbeKind::Tcp => TcpStream::connect(addr)
+            .await
+            .map(|_| ())
+            .map_err(io_reason),
+        ProbeKind::Http => http(addr, c).await,
+        ProbeKind::Udp => udp(addr, c).await,
+    }
+}
+
+async fn http(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).await.map_err(io_reason)?;
+    let host = c.host.clone().unwrap_or_else(|| match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    });
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-health/{}\r\nConnection: close\r\n\r\n",
+        c.path.as_deref().unwrap_or("/"),
+        env!("CARGO_PKG_VERSION")
+    );
+    s.write_all(req.as_bytes()).await.map_err(io_reason)?;
+    let mut buf = Vec::new();
+    s.take(HTTP_READ_MAX)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(io_reason)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status: u16 = text
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| "no HTTP status line in the answer".to_string())?;
+    let (lo, hi) = c.status_range()?;
+    if !(lo..=hi).contains(&status) {
+        return Err(format!("HTTP status {status}"));
+    }
+    if let Some(want) = &c.body {
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        if !body.contains(want.as_str()) {
+            return Err(format!("body lacks {want:?}"));
+        }
+    }
+    Ok(())
+}
+
+async fn udp(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let s = UdpSocket::bind(bind).await.map_err(io_reason)?;
+    s.connect(addr).await.map_err(io_reason)?;
+    s.send(c.payload.as_deref().unwrap_or("").as_bytes())
+        .await
+        .map_err(io_reason)?;
+    let mut buf = [0u8; 1500];
+    // A closed port answers with ICMP port unreachable, seen here as a refused receive.
+    let n = s.recv(&mut buf).await.map_err(io_reason)?;
+    if let Some(want) = &c.expect
+        && !String::from_utf8_lossy(&buf[..n]).contains(want.as_str())
+    {
+        return Err(format!("answer lacks {want:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StartState;
+
+    fn check(kind: ProbeKind) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port: None,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 3,
+            start: StartState::Up,
+            path: Some("/healthz".into()),
+            host: None,
+            status: None,
+            body: None,
+            payload: Some("ping".into()),
+            expect: None,
+        }
+    }
+
+    /// One-shot HTTP server on loopback answering `answer` to the first request; returns the
+    /// request it saw.
+    async fn http_once(answer: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let h = tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.expect("accept");
+            let mut buf = vec![0u8; 1024];
+            let n = c.read(&mut buf).await.expect("read");
+            c.write_all(answer.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (addr, h)
+    }
+
+    #[tokio::test]
+    async fn http_checks_status_and_body() {
+        let mut c = check(ProbeKind::Http);
+        let (addr, h) = http_once("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nall ok\n").await;
+        c.body = Some("all ok".into());
+        assert_eq!(probe(addr, &c).await, Ok(()));
+        let req = h.await.expect("server");
+        assert!(
+            req.starts_with("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
+            "{req}"
+        );
+
+        let (addr, _h) = http_once("HTTP/1.1 200 OK\r\n\r\ndegraded").await;
+        assert_eq!(probe(addr, &c).await, Err("body lacks \"all ok\"".into()));
+
+        c.body = None;
+        let (addr, _h) = http_once("HTTP/1.0 503 Service Unavailable\r\n\r\n").await;
+        assert_eq!(probe(addr, &c).await, Err("HTTP status 503".into()));
+        c.status = Some("500-503".into());
+        let (addr, _h) = http_once("HTTP/1.0 503 Service Unavailable\r\n\r\n").await;
+        assert_eq!(probe(addr, &c).await, Ok(()));
+
+        let (addr, _h) = http_once("SSH-2.0-OpenSSH\r\n").await;
+        assert_eq!(
+            probe(addr, &c).await,
+            Err("no HTTP status line in the answer".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_and_udp_report_refusals() {
+        // A port nobody listens on: bind, learn it, close.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port");
+        assert_eq!(
+            probe(addr, &check(ProbeKind::Tcp)).await,
+            Err("connection refused".into())
+        );
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let uaddr = u.local_addr().expect("addr");
+        drop(u);
+        assert_eq!(
+            probe(uaddr, &check(ProbeKind::Udp)).await,
+            Err("connection refused".into())
+        );
+        let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp");
+        let eaddr = echo.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            let (n, p) = echo.recv_from(&mut b).await.expect("recv");
+            echo.send_to(&b[..n], p).await.expect("send");
+        });
+        let mut c = check(ProbeKind::Udp);
+        c.expect = Some("ping".into());
+        assert_eq!(probe(eaddr, &c).await, Ok(()));
+    }
+}

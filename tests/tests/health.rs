@@ -1,0 +1,335 @@
+//! Health probes end to end: a backend's server dies while clients hold long-lived flows to
+//! every backend; the daemon marks it down within interval x fall (+ one interval), new flows
+//! avoid it, and no flow on a healthy backend breaks or stalls. The server returns, the backend
+//! comes back after `rise` successes and takes new flows, and no existing flow moves. TCP and
+//! UDP; and a flapping backend causes no ring churn.
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tests::{echo::Echo, lab::Lab, topo::VIP};
+
+const INTERVAL_MS: u64 = 200;
+const RISE: u64 = 2;
+const FALL: u64 = 3;
+const TCP_PORT: u16 = 9000;
+const UDP_PORT: u16 = 9001;
+
+fn config(lab: &Lab, port: u16, proto: &str, check: &str) -> String {
+    let mut c = lab.base_config();
+    c += &format!(
+        "\n[[vip]]\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n\n[vip.health]\n{check}\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {RISE}\nfall = {FALL}\n"
+    );
+    for b in &lab.net.backends {
+        c += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr);
+    }
+    c
+}
+
+/// Poll `backend list` until `addr` is in `state`; returns how long that took.
+fn wait_state(lab: &Lab, addr: &str, state: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let list = lab.json(&["backend", "list"]);
+        let row = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|r| r["address"] == addr)
+            .cloned()
+            .expect("backend listed");
+        if row["state"] == state {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{addr} not {state} after {limit:?}: {row}\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Echo servers of one backend: TCP on all addresses, UDP on the VIP and on its own address
+/// (where the health probes go).
+fn echo(b: &tests::topo::BackendHost) -> Echo {
+    Echo::start(
+        &b.ns,
+        &b.name,
+        TCP_PORT,
+        UDP_PORT,
+        &[VIP.into(), b.addr.into()],
+    )
+}
+
+fn servers(lab: &Lab) -> Vec<Option<Echo>> {
+    lab.net.backends.iter().map(|b| Some(echo(b))).collect()
+}
+
+/// Per backend: round trips, errors, slowest round trip.
+type Tally = HashMap<String, (u64, u64, Duration)>;
+
+/// New TCP connections through the VIP; the answering backends.
+fn new_tcp(lab: &Lab, n: usize) -> HashMap<String, usize> {
+    lab.net
+        .client
+        .spawn(move || {
+            let mut seen = HashMap::new();
+            for _ in 0..n {
+                let who = (|| -> std::io::Result<String> {
+                    let mut c = TcpStream::connect_timeout(
+                        &(VIP, TCP_PORT).into(),
+                        Duration::from_secs(2),
+                    )?;
+                    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    c.write_all(b"hi")?;
+                    let mut buf = [0u8; 64];
+                    let k = c.read(&mut buf)?;
+                    let s = String::from_utf8_lossy(&buf[..k]).into_owned();
+                    Ok(s.split('|').next().unwrap_or("").to_string())
+                })()
+                .unwrap_or_else(|_| "error".into());
+                *seen.entry(who).or_insert(0) += 1;
+            }
+            seen
+        })
+        .join()
+        .expect("client")
+}
+
+#[test]
+fn tcp_backend_failure_is_detected_and_only_its_flows_are_affected() {
+    let mut lab = Lab::new(3);
+    let mut srv = servers(&lab);
+    lab.start(&config(&lab, TCP_PORT, "tcp", "type = \"tcp\""));
+    let dead = lab.net.backends[1].addr.to_string();
+    let list = lab.json(&["backend", "list"]);
+    assert!(list[0]["health"]["healthy"] == true, "{list}");
+
+    // Long-lived connections: ping-pong every 50 ms until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let clients = lab.net.client.spawn(move || -> Tally {
+        let mut conns: Vec<(TcpStream, String)> = (0..24)
+            .map(|_| {
+                let mut c = TcpStream::connect((VIP, TCP_PORT)).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(1)))
+                    .expect("timeout");
+                c.write_all(b"ping").expect("first ping");
+                let mut buf = [0u8; 64];
+                let k = c.read(&mut buf).expect("first pong");
+                let who = String::from_utf8_lossy(&buf[..k]);
+                let who = who.split('|').next().unwrap_or("").to_string();
+                (c, who)
+            })
+            .collect();
+        let mut tally: Tally = HashMap::new();
+        let mut broken = vec![false; conns.len()];
+        while !s.load(Ordering::Relaxed) {
+            for (i, (c, who)) in conns.iter_mut().enumerate() {
+                if broken[i] {
+                    continue;
+                }
+                let t = Instant::now();
+                let mut buf = [0u8; 64];
+                let ok = c.write_all(b"ping").is_ok()
+                    && c.read(&mut buf).is_ok_and(|k| {
+                        // The same backend answers: the flow did not move.
+                        String::from_utf8_lossy(&buf[..k]).starts_with(&format!("{who}|"))
+                    });
+                let e = tally.entry(who.clone()).or_insert((0, 0, Duration::ZERO));
+                e.0 += 1;
+                e.2 = e.2.max(t.elapsed());
+                if !ok {
+                    e.1 += 1;
+                    broken[i] = true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tally
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Kill backend-2's server.
+    let t_kill = Instant::now();
+    srv[1].take().expect("server").kill();
+    let bound = Duration::from_millis(INTERVAL_MS * FALL + INTERVAL_MS);
+    let detect = wait_state(&lab, &dead, "down", bound + Duration::from_millis(400));
+    let detect = detect.max(t_kill.elapsed().min(detect));
+    eprintln!(
+        "TCP: down detected {} ms after the kill (bound {} ms)",
+        detect.as_millis(),
+        bound.as_millis()
+    );
+    let seen = new_tcp(&lab, 30);
+    assert!(
+        !seen.contains_key("backend-2") && !seen.contains_key("error"),
+        "{seen:?}"
+    );
+
+    // Bring it back: up after `rise` successes, and it takes new flows again.
+    let b = &lab.net.backends[1];
+    srv[1] = Some(echo(b));
+    let back = wait_state(
+        &lab,
+        &dead,
+        "up",
+        Duration::from_millis(INTERVAL_MS * (RISE + 1)) + Duration::from_millis(400),
+    );
+    eprintln!("TCP: back up {} ms after the restart", back.as_millis());
+    let seen = new_tcp(&lab, 60);
+    assert!(seen.get("backend-2").is_some_and(|&n| n > 0), "{seen:?}");
+    std::thread::sleep(Duration::from_millis(300));
+
+    stop.store(true, Ordering::Relaxed);
+    let tally = clients.join().expect("clients");
+    for healthy in ["backend-1", "backend-3"] {
+        let (trips, errors, slowest) = tally.get(healthy).copied().expect("flows on each backend");
+        eprintln!(
+            "{healthy}: {trips} round trips, {errors} broken, slowest {} ms",
+            slowest.as_millis()
+        );
+        assert_eq!(
+            errors, 0,
+            "a connection to healthy {healthy} broke or moved"
+        );
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a flow to {healthy} stalled: {slowest:?}"
+        );
+    }
+    let status = lab.json(&["status"]);
+    assert_eq!(status["health_transitions"], 2, "{status}");
+    let row = lab.json(&["backend", "list"])[1].clone();
+    assert_eq!(row["health"]["failures"], 1, "{row}");
+    assert!(row["health"]["mttr_secs"].as_f64().is_some(), "{row}");
+}
+
+#[test]
+fn udp_backend_failure_is_detected_and_other_flows_lose_nothing() {
+    let mut lab = Lab::new(3);
+    let mut srv = servers(&lab);
+    lab.start(&config(
+        &lab,
+        UDP_PORT,
+        "udp",
+        "type = \"udp\"\npayload = \"health\"\nexpect = \"health\"",
+    ));
+    let dead = lab.net.backends[1].addr.to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let clients = lab.net.client.spawn(move || -> Tally {
+        let socks: Vec<(UdpSocket, String)> = (0..24)
+            .map(|_| {
+                let u = UdpSocket::bind(("10.0.1.2", 0)).expect("bind");
+                u.set_read_timeout(Some(Duration::from_millis(500)))
+                    .expect("timeout");
+                u.connect((VIP, UDP_PORT)).expect("connect");
+                // Setup, not measurement: the first datagram of a flow may race ARP.
+                let mut buf = [0u8; 64];
+                let k = (0..5)
+                    .find_map(|_| {
+                        u.send(b"ping").ok()?;
+                        u.recv(&mut buf).ok()
+                    })
+                    .expect("first answer");
+                let who = String::from_utf8_lossy(&buf[..k]);
+                let who = who.split('|').next().unwrap_or("").to_string();
+                (u, who)
+            })
+            .collect();
+        let mut tally: Tally = HashMap::new();
+        while !s.load(Ordering::Relaxed) {
+            for (u, who) in &socks {
+                let t = Instant::now();
+                let mut buf = [0u8; 64];
+                let ok = u.send(b"ping").is_ok()
+                    && u.recv(&mut buf).is_ok_and(|k| {
+                        String::from_utf8_lossy(&buf[..k]).starts_with(&format!("{who}|"))
+                    });
+                let e = tally.entry(who.clone()).or_insert((0, 0, Duration::ZERO));
+                e.0 += 1;
+                e.2 = e.2.max(t.elapsed());
+                if !ok {
+                    e.1 += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tally
+    });
+    std::thread::sleep(Duration::from_millis(400));
+
+    srv[1].take().expect("server").kill();
+    let bound = Duration::from_millis(INTERVAL_MS * FALL + INTERVAL_MS);
+    let detect = wait_state(&lab, &dead, "down", bound + Duration::from_millis(400));
+    eprintln!(
+        "UDP: down detected {} ms after the kill (bound {} ms)",
+        detect.as_millis(),
+        bound.as_millis()
+    );
+    let b = &lab.net.backends[1];
+    srv[1] = Some(echo(b));
+    wait_state(
+        &lab,
+        &dead,
+        "up",
+        Duration::from_millis(INTERVAL_MS * (RISE + 1)) + Duration::from_millis(400),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let tally = clients.join().expect("clients");
+    for healthy in ["backend-1", "backend-3"] {
+        let (trips, lost, slowest) = tally.get(healthy).copied().expect("flows on each backend");
+        eprintln!(
+            "{healthy}: {trips} round trips, {lost} lost, slowest {} ms",
+            slowest.as_millis()
+        );
+        assert_eq!(
+            lost, 0,
+            "datagrams of a flow to healthy {healthy} were lost or moved"
+        );
+    }
+}
+
+#[test]
+fn a_flapping_backend_does_not_churn_the_ring() {
+    let mut lab = Lab::new(2);
+    // Backend 1 answers every other probe: never `fall` = 2 failures in a row.
+    let b = &lab.net.backends[0];
+    let _flap = tests::echo::udp_responder(&b.ns, &b.name, b.addr.into(), UDP_PORT, 2);
+    let b = &lab.net.backends[1];
+    let _steady = tests::echo::udp_responder(&b.ns, &b.name, b.addr.into(), UDP_PORT, 1);
+    let cfg = config(
+        &lab,
+        UDP_PORT,
+        "udp",
+        "type = \"udp\"\npayload = \"health\"",
+    )
+    .replace(
+        &format!("rise = {RISE}\nfall = {FALL}"),
+        "rise = 2\nfall = 2",
+    )
+    .replace(&format!("interval_ms = {INTERVAL_MS}"), "interval_ms = 100")
+    .replace("timeout_ms = 150", "timeout_ms = 60");
+    lab.start(&cfg);
+    let before = lab.json(&["status"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = lab.json(&["status"]);
+    assert_eq!(after["health_transitions"], 0, "{after}");
+    assert_eq!(
+        after["ring_rebuilds"], before["ring_rebuilds"],
+        "no ring churn"
+    );
+    assert_eq!(lab.json(&["backend", "list"])[0]["state"], "up");
+}
