@@ -409,6 +409,9 @@ pub fn status(socket: &Path, o: OutputArg) -> Result<()> {
         s.backends_unresolved,
         s.health_transitions
     );
+    if !s.below_quorum.is_empty() {
+        println!("below quorum: {}", s.below_quorum.join(", "));
+    }
     println!(
         "conntrack capacity {} flows/CPU; {} applies, {} ring rebuilds",
         s.conntrack_capacity, s.applies, s.ring_rebuilds

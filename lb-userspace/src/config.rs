@@ -225,8 +225,33 @@ pub struct Vip {
     /// Health check of this VIP's backends (a backend's own `health` overrides it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Fewest healthy backends the VIP runs on; below it `on_quorum_loss` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_quorum_loss: QuorumLoss,
+    /// Backends (addresses of this VIP's) that take the traffic below quorum with
+    /// `on_quorum_loss = "fallback"`, whatever their health.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<IpAddr>,
     #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// What a VIP does when fewer than `quorum` backends are healthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuorumLoss {
+    /// Keep the last ring that met the quorum (fail open): better a possibly-dead backend
+    /// than none when the health checks themselves may be what broke.
+    #[default]
+    KeepLast,
+    /// Use the `fallback` backends.
+    Fallback,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +264,9 @@ pub enum ProbeKind {
     Tcp,
     /// An HTTP GET answers with an expected status (and optionally body).
     Http,
+    /// The same over TLS. The certificate is not verified (backends are addressed by IP and
+    /// often self-signed); the handshake itself must succeed.
+    Https,
     /// A UDP datagram is answered (optionally with an expected substring).
     Udp,
 }
@@ -289,7 +317,7 @@ pub struct HealthCheck {
     /// HTTP: request path (default "/").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// HTTP: Host header (default: the backend address).
+    /// HTTP: Host header, and TLS server name for https (default: the backend address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// HTTP: accepted status codes, `200` or `200-399` (default 200-399).
@@ -350,7 +378,7 @@ impl HealthCheck {
             errs.push(format!("{at}: a wildcard VIP's health check needs a port"));
         }
         match self.kind {
-            ProbeKind::Http => {
+            ProbeKind::Http | ProbeKind::Https => {
                 if let Err(e) = self.status_range() {
                     errs.push(format!("{at}: {e}"));
                 }
@@ -450,6 +478,9 @@ impl Vip {
             conntrack: true,
             ring_size: None,
             health: None,
+            quorum: None,
+            on_quorum_loss: QuorumLoss::KeepLast,
+            fallback: Vec::new(),
             backends: Vec::new(),
         }
     }
@@ -573,6 +604,26 @@ impl Config {
             }
             if let Some(h) = &v.health {
                 h.validate(&format!("{at} health"), v.port, &mut errs);
+            }
+            if v.quorum
+                .is_some_and(|q| q == 0 || q as usize > v.backends.len())
+            {
+                errs.push(format!(
+                    "{at}: quorum must be between 1 and the number of backends ({})",
+                    v.backends.len()
+                ));
+            }
+            for f in &v.fallback {
+                if !v.backends.iter().any(|b| b.address == *f) {
+                    errs.push(format!(
+                        "{at}: fallback {f} is not one of this VIP's backends"
+                    ));
+                }
+            }
+            if v.on_quorum_loss == QuorumLoss::Fallback && v.fallback.is_empty() {
+                errs.push(format!(
+                    "{at}: on_quorum_loss = \"fallback\" needs fallback backends"
+                ));
             }
             let mut addrs = BTreeSet::new();
             for (j, b) in v.backends.iter().enumerate() {
@@ -716,18 +767,38 @@ drain = true
         let c = Config::parse(&text).expect("valid");
         let v = &c.vips[0];
         let h = v.check_for(&v.backends[0]).expect("inherited");
-        assert_eq!((h.kind, h.interval_ms, h.rise, h.fall), (ProbeKind::Http, 2000, 2, 3));
+        assert_eq!(
+            (h.kind, h.interval_ms, h.rise, h.fall),
+            (ProbeKind::Http, 2000, 2, 3)
+        );
         assert_eq!(h.status_range(), Ok((200, 299)));
         assert_eq!(Config::parse(&c.to_toml()).expect("round trip"), c);
 
-        let bad = text
-            .replace("status = \"200-299\"", "status = \"299-200\"\ntimeout_ms = 5000")
-            + "\n[[vip]]\naddress = \"10.100.0.2\"\nport = 0\nprotocol = \"udp\"\n[vip.health]\ntype = \"udp\"\n";
+        let bad = text.replace(
+            "status = \"200-299\"",
+            "status = \"299-200\"\ntimeout_ms = 5000",
+        ) + "\n[[vip]]\naddress = \"10.100.0.2\"\nport = 0\nprotocol = \"udp\"\n[vip.health]\ntype = \"udp\"\n";
         let e = Config::parse(&bad).expect_err("invalid").to_string();
         assert!(e.contains("status \"299-200\": empty range"), "{e}");
-        assert!(e.contains("timeout_ms 5000 must be at least 10 and at most interval_ms"), "{e}");
-        assert!(e.contains("vip[1] 10.100.0.2:0/udp health: a wildcard VIP's health check needs a port"), "{e}");
+        assert!(
+            e.contains("timeout_ms 5000 must be at least 10 and at most interval_ms"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "vip[1] 10.100.0.2:0/udp health: a wildcard VIP's health check needs a port"
+            ),
+            "{e}"
+        );
         assert!(e.contains("a udp health check needs a payload"), "{e}");
+
+        let bad = GOOD.replace(
+            "hash = \"src-ip\"\n",
+            "hash = \"src-ip\"\nquorum = 3\non_quorum_loss = \"fallback\"\nfallback = [\"10.9.9.9\"]\n",
+        );
+        let e = Config::parse(&bad).expect_err("invalid").to_string();
+        assert!(e.contains("quorum must be between 1 and the number of backends (2)"), "{e}");
+        assert!(e.contains("fallback 10.9.9.9 is not one of this VIP's backends"), "{e}");
     }
 
     #[test]

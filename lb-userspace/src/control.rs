@@ -229,6 +229,8 @@ fn status(e: &mut Engine) -> StatusView {
         backends_up: backends.saturating_sub(drained + removing + unresolved + down),
         backends_down: down,
         health_transitions: e.health_transitions,
+        below_quorum: e.below_quorum.iter().map(ToString::to_string).collect(),
+        quorum_losses: e.quorum_losses,
         backends_drained: drained,
         backends_removing: removing,
         backends_unresolved: unresolved,

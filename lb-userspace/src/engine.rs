@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, ConfigError, FwdMode, StartState, Vip, VipRef},
+    config::{Config, ConfigError, FwdMode, QuorumLoss, StartState, Vip, VipRef},
     dataplane::{AttachMode, Dataplane, DataplaneError, pin},
     health::{Target, avail::Health},
     nexthop::{NextHop, Resolver},
@@ -156,6 +156,8 @@ pub struct Engine {
     /// Health of every probed or unprobed member (always up without a health check).
     pub health: HashMap<u32, Health>,
     pub health_transitions: u64,
+    pub below_quorum: BTreeSet<VipRef>,
+    pub quorum_losses: u64,
     tx_ports: BTreeMap<u32, u32>,
     resolver: Resolver,
     seeded_from: Option<String>,
@@ -230,6 +232,8 @@ impl Engine {
             rings: HashMap::new(),
             health: HashMap::new(),
             health_transitions: 0,
+            below_quorum: BTreeSet::new(),
+            quorum_losses: 0,
             tx_ports: BTreeMap::new(),
             resolver: Resolver::new()?,
             seeded_from: None,
@@ -501,6 +505,7 @@ impl Engine {
             .collect();
         let mut rings = HashMap::new();
         let mut metas = BTreeMap::new();
+        let mut below_quorum = BTreeSet::new();
         for v in &new.vips {
             let vip_id = ids
                 .vips
@@ -509,23 +514,37 @@ impl Engine {
                 .map(|(_, id)| *id)
                 .expect("allocated above");
             let m = new.ring_size(v);
-            let weighted: Vec<MaglevBackend> = v
-                .backends
-                .iter()
-                .filter(|b| !b.drain && b.weight > 0)
-                .filter_map(|b| {
-                    let id = *id_of.get(&(v.id(), b.address))?;
-                    if down.contains(&id) {
-                        return None;
-                    }
-                    Some(MaglevBackend {
-                        family: family_of(&b.address),
-                        addr: Addr::from(b.address),
-                        weight: b.weight,
-                        id,
-                    })
+            let member = |b: &crate::config::BackendConfig, healthy_only: bool| {
+                let id = *id_of.get(&(v.id(), b.address))?;
+                if b.drain || b.weight == 0 || (healthy_only && down.contains(&id)) {
+                    return None;
+                }
+                Some(MaglevBackend {
+                    family: family_of(&b.address),
+                    addr: Addr::from(b.address),
+                    weight: b.weight,
+                    id,
                 })
-                .collect();
+            };
+            let mut weighted: Vec<MaglevBackend> =
+                v.backends.iter().filter_map(|b| member(b, true)).collect();
+            let mut keep = false;
+            if let Some(q) = v.quorum
+                && (weighted.len() as u32) < q
+            {
+                below_quorum.insert(v.id());
+                match v.on_quorum_loss {
+                    QuorumLoss::KeepLast => keep = self.rings.contains_key(&vip_id),
+                    QuorumLoss::Fallback => {
+                        weighted = v
+                            .backends
+                            .iter()
+                            .filter(|b| v.fallback.contains(&b.address))
+                            .filter_map(|b| member(b, false))
+                            .collect();
+                    }
+                }
+            }
             let mut key: Vec<(IpAddr, u32, u32)> = weighted
                 .iter()
                 .map(|b| (b.addr.to_ip(b.family), b.weight, b.id))
@@ -536,7 +555,7 @@ impl Engine {
                 seed: new.forwarding.hash_seed,
                 members: key,
             };
-            let table = if self.rings.get(&vip_id) == Some(&inputs) {
+            let table = if keep || self.rings.get(&vip_id) == Some(&inputs) {
                 None
             } else {
                 if weighted.is_empty() && !v.backends.is_empty() {
@@ -564,6 +583,7 @@ impl Engine {
             return Err(ApplyError::Refused(errs));
         }
         Ok(Plan {
+            below_quorum,
             ids,
             removing,
             members,
@@ -653,6 +673,15 @@ impl Engine {
             r.backends_removed += 1;
             r.map_writes += 1;
         }
+        for v in plan.below_quorum.difference(&self.below_quorum) {
+            let policy = self.cfg.vip(v).or(new.vip(v)).map(|x| x.on_quorum_loss);
+            warn!(vip = %v, ?policy, "fewer healthy backends than the quorum");
+            self.quorum_losses += 1;
+        }
+        for v in self.below_quorum.difference(&plan.below_quorum) {
+            info!(vip = %v, "quorum of healthy backends restored");
+        }
+        self.below_quorum = plan.below_quorum;
         self.vip_meta = plan.metas;
         self.members = plan.members;
         let members = &self.members;
@@ -945,6 +974,8 @@ fn ids_map(ids: &Ids) -> HashMap<(VipRef, IpAddr), u32> {
 }
 
 struct Plan {
+    /// VIPs with fewer healthy backends than their quorum.
+    below_quorum: BTreeSet<VipRef>,
     ids: Ids,
     removing: Vec<Removing>,
     members: BTreeMap<u32, Member>,

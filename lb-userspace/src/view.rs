@@ -21,6 +21,9 @@ pub struct StatusView {
     /// Out of the rings because their health check failed.
     pub backends_down: usize,
     pub health_transitions: u64,
+    /// VIPs running below their quorum of healthy backends.
+    pub below_quorum: Vec<String>,
+    pub quorum_losses: u64,
     pub conntrack_capacity: u32,
     pub applies: u64,
     pub ring_rebuilds: u64,

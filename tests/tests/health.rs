@@ -333,3 +333,73 @@ fn a_flapping_backend_does_not_churn_the_ring() {
     );
     assert_eq!(lab.json(&["backend", "list"])[0]["state"], "up");
 }
+
+/// Ring slots per backend address, from `backend list`.
+fn slots(lab: &Lab) -> HashMap<String, u64> {
+    lab.json(&["backend", "list"])
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            (
+                r["address"].as_str().expect("address").to_string(),
+                r["slots"].as_u64().expect("slots"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn below_quorum_the_vip_uses_its_fallback_or_keeps_its_last_ring() {
+    let mut lab = Lab::new(3);
+    let mut srv = servers(&lab);
+    let (b2, b3) = (
+        lab.net.backends[1].addr.to_string(),
+        lab.net.backends[2].addr.to_string(),
+    );
+    let base = config(&lab, TCP_PORT, "tcp", "type = \"tcp\"");
+    let quorum = |policy: &str| {
+        base.replacen(
+            "\n[vip.health]",
+            &format!(
+                "quorum = 3\non_quorum_loss = \"{policy}\"\nfallback = [\"{b3}\"]\n\n[vip.health]"
+            ),
+            1,
+        )
+    };
+    lab.start(&quorum("fallback"));
+    let before = slots(&lab);
+    assert!(before.values().all(|&s| s > 20000), "{before:?}");
+
+    // Fallback: two healthy of a quorum of three -> only the fallback backend takes flows.
+    srv[1].take().expect("server").kill();
+    wait_state(&lab, &b2, "down", Duration::from_secs(2));
+    let now = slots(&lab);
+    assert_eq!(now[&b3], 65537, "{now:?}");
+    let status = lab.json(&["status"]);
+    assert_eq!(status["below_quorum"][0], "10.100.0.1:9000/tcp", "{status}");
+    let seen = new_tcp(&lab, 20);
+    assert_eq!(seen.get("backend-3"), Some(&20), "{seen:?}");
+
+    let b = &lab.net.backends[1];
+    srv[1] = Some(echo(b));
+    wait_state(&lab, &b2, "up", Duration::from_secs(2));
+    assert_eq!(
+        slots(&lab),
+        before,
+        "quorum restored: the same table as before"
+    );
+    assert!(
+        lab.json(&["status"])["below_quorum"]
+            .as_array()
+            .expect("list")
+            .is_empty()
+    );
+
+    // Keep-last: the last ring that met the quorum stays (fail open).
+    lab.ok(&["apply", "-f", &lab.file("keep.toml", &quorum("keep-last"))]);
+    srv[1].take().expect("server").kill();
+    wait_state(&lab, &b2, "down", Duration::from_secs(2));
+    assert_eq!(slots(&lab), before, "ring kept below quorum");
+    assert_eq!(lab.json(&["status"])["quorum_losses"], 2);
+}

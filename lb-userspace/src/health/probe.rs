@@ -4,8 +4,9 @@
 
 use std::net::SocketAddr;
 
+use rustls_pki_types::ServerName;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpStream, UdpSocket},
 };
 
@@ -29,13 +30,32 @@ pub async fn probe(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
             .await
             .map(|_| ())
             .map_err(io_reason),
-        ProbeKind::Http => http(addr, c).await,
+        ProbeKind::Http => {
+            let s = TcpStream::connect(addr).await.map_err(io_reason)?;
+            http(s, addr, c).await
+        }
+        ProbeKind::Https => {
+            let s = TcpStream::connect(addr).await.map_err(io_reason)?;
+            let name = match &c.host {
+                Some(h) => ServerName::try_from(h.clone())
+                    .map_err(|e| format!("server name {h:?}: {e}"))?,
+                None => ServerName::IpAddress(addr.ip().into()),
+            };
+            let tls = tls::connector()
+                .connect(name, s)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            http(tls, addr, c).await
+        }
         ProbeKind::Udp => udp(addr, c).await,
     }
 }
 
-async fn http(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
-    let mut s = TcpStream::connect(addr).await.map_err(io_reason)?;
+async fn http<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    addr: SocketAddr,
+    c: &HealthCheck,
+) -> Result<(), String> {
     let host = c.host.clone().unwrap_or_else(|| match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -47,10 +67,12 @@ async fn http(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
     );
     s.write_all(req.as_bytes()).await.map_err(io_reason)?;
     let mut buf = Vec::new();
-    s.take(HTTP_READ_MAX)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(io_reason)?;
+    // A TLS peer that closes without close_notify still delivered its answer.
+    if let Err(e) = (&mut s).take(HTTP_READ_MAX).read_to_end(&mut buf).await
+        && buf.is_empty()
+    {
+        return Err(io_reason(e));
+    }
     let text = String::from_utf8_lossy(&buf);
     let status: u16 = text
         .strip_prefix("HTTP/1.")
@@ -90,6 +112,83 @@ async fn udp(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
         return Err(format!("answer lacks {want:?}"));
     }
     Ok(())
+}
+
+mod tls {
+    //! A TLS client that checks the handshake's signatures but not the certificate chain or
+    //! name: health checks address backends by IP, and backend certificates are often
+    //! self-signed. The probe answers "does the service speak TLS and HTTP", not "is it who
+    //! it claims to be".
+
+    use std::sync::{Arc, OnceLock};
+
+    use rustls::{
+        ClientConfig, DigitallySignedStruct, SignatureScheme,
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+    };
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::TlsConnector;
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub fn connector() -> TlsConnector {
+        static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+        let cfg = CONFIG.get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let cfg = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Arc::new(cfg)
+        });
+        TlsConnector::from(cfg.clone())
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +258,50 @@ mod tests {
             probe(addr, &c).await,
             Err("no HTTP status line in the answer".into())
         );
+    }
+
+    #[tokio::test]
+    async fn https_speaks_tls_to_self_signed_backends() {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let certs = vec![
+            CertificateDer::from_pem_slice(include_bytes!("testdata/cert.pem")).expect("cert"),
+        ];
+        let key = PrivateKeyDer::from_pem_slice(include_bytes!("testdata/key.pem")).expect("key");
+        let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for answer in [
+                "HTTP/1.1 200 OK\r\n\r\nsecure ok",
+                "HTTP/1.1 500 Oops\r\n\r\n",
+            ] {
+                let (c, _) = l.accept().await.expect("accept");
+                let mut t = acceptor.accept(c).await.expect("handshake");
+                let mut buf = vec![0u8; 1024];
+                let _ = t.read(&mut buf).await.expect("request");
+                t.write_all(answer.as_bytes()).await.expect("answer");
+                t.shutdown().await.expect("close");
+            }
+        });
+        let mut c = check(ProbeKind::Https);
+        c.body = Some("secure ok".into());
+        assert_eq!(probe(addr, &c).await, Ok(()));
+        c.body = None;
+        assert_eq!(probe(addr, &c).await, Err("HTTP status 500".into()));
+        // Plain HTTP spoken to a TLS client fails the handshake.
+        let (plain, _h) = http_once("HTTP/1.1 200 OK\r\n\r\n").await;
+        let e = probe(plain, &c).await.expect_err("not TLS");
+        assert!(e.starts_with("TLS handshake"), "{e}");
     }
 
     #[tokio::test]
