@@ -797,8 +797,14 @@ drain = true
             "hash = \"src-ip\"\nquorum = 3\non_quorum_loss = \"fallback\"\nfallback = [\"10.9.9.9\"]\n",
         );
         let e = Config::parse(&bad).expect_err("invalid").to_string();
-        assert!(e.contains("quorum must be between 1 and the number of backends (2)"), "{e}");
-        assert!(e.contains("fallback 10.9.9.9 is not one of this VIP's backends"), "{e}");
+        assert!(
+            e.contains("quorum must be between 1 and the number of backends (2)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("fallback 10.9.9.9 is not one of this VIP's backends"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,8 +1,19 @@
-//! `cargo xtask demo`: a load balancer on network namespaces, with real traffic, told as a story.
+//! `cargo xtask demo`: xlb as an operator runs it, on network namespaces, told as a story. A
+//! client, an LB running `xlb daemon`, three backends with `xlb decap attach` and real TCP/UDP
+//! servers; traffic, a weight change, a backend failing and returning, and the counters.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
 
-use tests::topo::{CLIENT, TCP_PORT, Topology, UDP_PORT, VIP, tcp_request, udp_request};
+use tests::{
+    echo::Echo,
+    lab::Lab,
+    topo::{BackendHost, CLIENT, TCP_PORT, UDP_PORT, VIP},
+};
 
 const CONNECTIONS: usize = 300;
 
@@ -18,19 +29,33 @@ fn table(title: &str, seen: &BTreeMap<String, usize>) {
     }
 }
 
-fn traffic(topo: &Topology, tcp: bool) -> BTreeMap<String, usize> {
-    topo.client
+/// One request through the VIP; the answering backend's name.
+fn request(tcp: bool) -> std::io::Result<String> {
+    let mut buf = [0u8; 128];
+    let n = if tcp {
+        let mut c = TcpStream::connect_timeout(&(VIP, TCP_PORT).into(), Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        c.write_all(b"hello")?;
+        c.read(&mut buf)?
+    } else {
+        let s = UdpSocket::bind((CLIENT, 0))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.connect((VIP, UDP_PORT))?;
+        s.send(b"hello")?;
+        s.recv(&mut buf)?
+    };
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    Ok(answer.split('|').next().unwrap_or("").to_string())
+}
+
+fn traffic(lab: &Lab, tcp: bool) -> BTreeMap<String, usize> {
+    lab.net
+        .client
         .spawn(move || {
             let mut seen = BTreeMap::new();
-            for i in 0..CONNECTIONS {
-                let r = if tcp {
-                    tcp_request(format!("request {i}").as_bytes())
-                } else {
-                    udp_request(b"ping")
-                };
-                *seen
-                    .entry(r.unwrap_or_else(|e| format!("error: {e}")))
-                    .or_insert(0) += 1;
+            for _ in 0..CONNECTIONS {
+                let who = request(tcp).unwrap_or_else(|e| format!("error: {e}"));
+                *seen.entry(who).or_insert(0) += 1;
             }
             seen
         })
@@ -38,70 +63,120 @@ fn traffic(topo: &Topology, tcp: bool) -> BTreeMap<String, usize> {
         .expect("client thread")
 }
 
+fn echo(b: &BackendHost) -> Echo {
+    Echo::start(
+        &b.ns,
+        &b.name,
+        TCP_PORT,
+        UDP_PORT,
+        &[VIP.into(), b.addr.into()],
+    )
+}
+
+/// Show an `xlb` command and its output, as an operator would type it.
+fn show(lab: &Lab, args: &[&str]) {
+    println!("\n  $ xlb {}", args.join(" "));
+    for line in lab.ok(args).lines() {
+        println!("    {line}");
+    }
+}
+
+fn wait_state(lab: &Lab, addr: &str, state: &str) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let list = lab.json(&["backend", "list", &format!("{VIP}:{TCP_PORT}/tcp")]);
+        if list.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|r| r["address"] == addr && r["state"] == state)
+        }) {
+            return t0.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{addr} never became {state}:\n{}", lab.log());
+}
+
 fn main() {
     let started = Instant::now();
-    println!("xlb demo: building a client, a load balancer and 3 backends in network namespaces");
-    let mut topo = Topology::new(3);
-    let _servers = topo.start_servers();
-    println!("  client {CLIENT} -> VIP {VIP} tcp/{TCP_PORT} udp/{UDP_PORT} via the LB namespace");
-    println!(
-        "  xlb_forward attached (driver mode) on the LB's client-facing veth; IPIP to backends"
+    println!("xlb demo: a client, a load balancer and 3 backends in network namespaces");
+    let mut lab = Lab::new(3);
+    let mut servers: Vec<Option<Echo>> = lab.net.backends.iter().map(|b| Some(echo(b))).collect();
+    let mut config = lab.base_config();
+    config += &format!(
+        "\n[[vip]]\naddress = \"{VIP}\"\nport = {TCP_PORT}\nprotocol = \"tcp\"\n\n[vip.health]\ntype = \"tcp\"\ninterval_ms = 300\ntimeout_ms = 200\nrise = 2\nfall = 3\n"
     );
-    for b in &topo.backends {
+    for b in &lab.net.backends {
+        config += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr);
+    }
+    config += &format!(
+        "\n[[vip]]\naddress = \"{VIP}\"\nport = {UDP_PORT}\nprotocol = \"udp\"\nhash = \"src-ip\"\n"
+    );
+    for b in &lab.net.backends {
+        config += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr);
+    }
+    lab.start(&config);
+    println!(
+        "  client {CLIENT} reaches VIP {VIP} through the LB namespace, where `xlb daemon` runs"
+    );
+    for b in &lab.net.backends {
         println!(
-            "  {} at {} (xlb_decap attached, VIP on loopback, answers the client directly)",
+            "  {} at {}: `xlb decap attach`, VIP on loopback, TCP and UDP echo servers",
             b.name, b.addr
         );
     }
+    show(&lab, &["status"]);
+    show(&lab, &["vip", "list"]);
 
     println!(
-        "\n1. {CONNECTIONS} TCP connections and {CONNECTIONS} UDP datagrams from fresh source ports:"
+        "\n1. {CONNECTIONS} TCP connections (five-tuple hash) and {CONNECTIONS} UDP datagrams (src-ip hash: one client, one backend):"
     );
-    table("TCP connections per backend", &traffic(&topo, true));
-    table("UDP datagrams per backend", &traffic(&topo, false));
+    table("TCP connections per backend", &traffic(&lab, true));
+    table("UDP datagrams per backend", &traffic(&lab, false));
 
-    println!("\n2. backend-2 drained (weight 0): its ring slots move, nothing else does");
-    topo.set_weight(2, 0);
-    table("TCP connections per backend", &traffic(&topo, true));
-
-    println!("\n3. backend-2 restored:");
-    topo.set_weight(2, 1);
-    table("TCP connections per backend", &traffic(&topo, true));
-
-    println!("\nCounters from the XDP program (per-CPU maps, summed):");
-    for (vip_id, label) in [
-        (0, format!("{VIP}:{TCP_PORT}/tcp")),
-        (1, format!("{VIP}:{UDP_PORT}/udp")),
-    ] {
-        let s = topo.dp.vip_stats(vip_id).expect("vip stats");
-        println!(
-            "  VIP {label:<22} packets {:>6}  bytes {:>8}  new flows {:>5}  conntrack hits {:>6}",
-            s.packets, s.bytes, s.new_flows, s.conntrack_hits
-        );
-    }
-    for b in &topo.backends {
-        let s = topo.dp.backend_stats(b.id).expect("backend stats");
-        println!(
-            "  {:<10} packets {:>6}  bytes {:>8}  new flows {:>5}",
-            b.name, s.packets, s.bytes, s.new_flows
-        );
-    }
-    let reasons = topo.dp.reason_stats().expect("reason stats");
-    let passed: Vec<String> = reasons
-        .iter()
-        .filter(|(_, c)| c.packets > 0)
-        .map(|(r, c)| format!("{} {}", r.name(), c.packets))
-        .collect();
-    println!(
-        "  passed/dropped by reason: {}",
-        if passed.is_empty() {
-            "none".into()
-        } else {
-            passed.join(", ")
-        }
+    let tcp_vip = format!("{VIP}:{TCP_PORT}/tcp");
+    let (b1, b2) = (
+        lab.net.backends[0].addr.to_string(),
+        lab.net.backends[1].addr.to_string(),
     );
+    println!("\n2. backend-1's weight raised to 3 (3:1:1): its share of new flows follows");
+    lab.ok(&["backend", "set-weight", &tcp_vip, &b1, "3"]);
+    table("TCP connections per backend", &traffic(&lab, true));
+    lab.ok(&["backend", "set-weight", &tcp_vip, &b1, "1"]);
+
+    println!("\n3. backend-2's server crashes; the TCP health check (300 ms, fall 3) notices");
+    servers[1].take().expect("server").kill();
+    let t = wait_state(&lab, &b2, "down");
     println!(
-        "\nCleaning up namespaces and programs. Done in {:.1}s.",
+        "  backend-2 marked down {} ms after the crash: out of the ring, tracked flows re-picked",
+        t.as_millis()
+    );
+    table("TCP connections per backend", &traffic(&lab, true));
+
+    println!("\n4. backend-2's server restarts; after 2 good probes it takes new flows again");
+    servers[1] = Some(echo(&lab.net.backends[1]));
+    let t = wait_state(&lab, &b2, "up");
+    println!(
+        "  backend-2 up again {} ms after the restart",
+        t.as_millis()
+    );
+    table("TCP connections per backend", &traffic(&lab, true));
+
+    show(&lab, &["backend", "list", &tcp_vip]);
+    show(&lab, &["stats"]);
+    show(
+        &lab,
+        &[
+            "explain",
+            &format!("{CLIENT}:40000"),
+            &format!("{VIP}:{TCP_PORT}/tcp"),
+            "--syn",
+        ],
+    );
+
+    drop(servers);
+    drop(lab);
+    println!(
+        "\nCleaned up: daemon stopped, pins, namespaces and files removed. Done in {:.1}s.",
         started.elapsed().as_secs_f64()
     );
 }
