@@ -6,16 +6,10 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
-use tests::{echo::Echo, lab::Lab, topo::VIP};
+use tests::{clients::LongLived, echo::Echo, lab::Lab, topo::VIP};
 
 const INTERVAL_MS: u64 = 200;
 const RISE: u64 = 2;
@@ -74,35 +68,9 @@ fn servers(lab: &Lab) -> Vec<Option<Echo>> {
     lab.net.backends.iter().map(|b| Some(echo(b))).collect()
 }
 
-/// Per backend: round trips, errors, slowest round trip.
-type Tally = HashMap<String, (u64, u64, Duration)>;
-
 /// New TCP connections through the VIP; the answering backends.
 fn new_tcp(lab: &Lab, n: usize) -> HashMap<String, usize> {
-    lab.net
-        .client
-        .spawn(move || {
-            let mut seen = HashMap::new();
-            for _ in 0..n {
-                let who = (|| -> std::io::Result<String> {
-                    let mut c = TcpStream::connect_timeout(
-                        &(VIP, TCP_PORT).into(),
-                        Duration::from_secs(2),
-                    )?;
-                    c.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    c.write_all(b"hi")?;
-                    let mut buf = [0u8; 64];
-                    let k = c.read(&mut buf)?;
-                    let s = String::from_utf8_lossy(&buf[..k]).into_owned();
-                    Ok(s.split('|').next().unwrap_or("").to_string())
-                })()
-                .unwrap_or_else(|_| "error".into());
-                *seen.entry(who).or_insert(0) += 1;
-            }
-            seen
-        })
-        .join()
-        .expect("client")
+    tests::clients::short_tcp(&lab.net.client, n, TCP_PORT, None)
 }
 
 #[test]
@@ -115,48 +83,13 @@ fn tcp_backend_failure_is_detected_and_only_its_flows_are_affected() {
     assert!(list[0]["health"]["healthy"] == true, "{list}");
 
     // Long-lived connections: ping-pong every 50 ms until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let clients = lab.net.client.spawn(move || -> Tally {
-        let mut conns: Vec<(TcpStream, String)> = (0..24)
-            .map(|_| {
-                let mut c = TcpStream::connect((VIP, TCP_PORT)).expect("connect");
-                c.set_read_timeout(Some(Duration::from_secs(1)))
-                    .expect("timeout");
-                c.write_all(b"ping").expect("first ping");
-                let mut buf = [0u8; 64];
-                let k = c.read(&mut buf).expect("first pong");
-                let who = String::from_utf8_lossy(&buf[..k]);
-                let who = who.split('|').next().unwrap_or("").to_string();
-                (c, who)
-            })
-            .collect();
-        let mut tally: Tally = HashMap::new();
-        let mut broken = vec![false; conns.len()];
-        while !s.load(Ordering::Relaxed) {
-            for (i, (c, who)) in conns.iter_mut().enumerate() {
-                if broken[i] {
-                    continue;
-                }
-                let t = Instant::now();
-                let mut buf = [0u8; 64];
-                let ok = c.write_all(b"ping").is_ok()
-                    && c.read(&mut buf).is_ok_and(|k| {
-                        // The same backend answers: the flow did not move.
-                        String::from_utf8_lossy(&buf[..k]).starts_with(&format!("{who}|"))
-                    });
-                let e = tally.entry(who.clone()).or_insert((0, 0, Duration::ZERO));
-                e.0 += 1;
-                e.2 = e.2.max(t.elapsed());
-                if !ok {
-                    e.1 += 1;
-                    broken[i] = true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tally
-    });
+    let clients = LongLived::start(
+        &lab.net.client,
+        24,
+        TCP_PORT,
+        false,
+        Duration::from_millis(50),
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     // Kill backend-2's server.
@@ -190,8 +123,7 @@ fn tcp_backend_failure_is_detected_and_only_its_flows_are_affected() {
     assert!(seen.get("backend-2").is_some_and(|&n| n > 0), "{seen:?}");
     std::thread::sleep(Duration::from_millis(300));
 
-    stop.store(true, Ordering::Relaxed);
-    let tally = clients.join().expect("clients");
+    let tally = clients.finish();
     for healthy in ["backend-1", "backend-3"] {
         let (trips, errors, slowest) = tally.get(healthy).copied().expect("flows on each backend");
         eprintln!(
@@ -226,48 +158,13 @@ fn udp_backend_failure_is_detected_and_other_flows_lose_nothing() {
     ));
     let dead = lab.net.backends[1].addr.to_string();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let clients = lab.net.client.spawn(move || -> Tally {
-        let socks: Vec<(UdpSocket, String)> = (0..24)
-            .map(|_| {
-                let u = UdpSocket::bind(("10.0.1.2", 0)).expect("bind");
-                u.set_read_timeout(Some(Duration::from_millis(500)))
-                    .expect("timeout");
-                u.connect((VIP, UDP_PORT)).expect("connect");
-                // Setup, not measurement: the first datagram of a flow may race ARP.
-                let mut buf = [0u8; 64];
-                let k = (0..5)
-                    .find_map(|_| {
-                        u.send(b"ping").ok()?;
-                        u.recv(&mut buf).ok()
-                    })
-                    .expect("first answer");
-                let who = String::from_utf8_lossy(&buf[..k]);
-                let who = who.split('|').next().unwrap_or("").to_string();
-                (u, who)
-            })
-            .collect();
-        let mut tally: Tally = HashMap::new();
-        while !s.load(Ordering::Relaxed) {
-            for (u, who) in &socks {
-                let t = Instant::now();
-                let mut buf = [0u8; 64];
-                let ok = u.send(b"ping").is_ok()
-                    && u.recv(&mut buf).is_ok_and(|k| {
-                        String::from_utf8_lossy(&buf[..k]).starts_with(&format!("{who}|"))
-                    });
-                let e = tally.entry(who.clone()).or_insert((0, 0, Duration::ZERO));
-                e.0 += 1;
-                e.2 = e.2.max(t.elapsed());
-                if !ok {
-                    e.1 += 1;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tally
-    });
+    let clients = LongLived::start(
+        &lab.net.client,
+        24,
+        UDP_PORT,
+        true,
+        Duration::from_millis(20),
+    );
     std::thread::sleep(Duration::from_millis(400));
 
     srv[1].take().expect("server").kill();
@@ -287,8 +184,7 @@ fn udp_backend_failure_is_detected_and_other_flows_lose_nothing() {
         Duration::from_millis(INTERVAL_MS * (RISE + 1)) + Duration::from_millis(400),
     );
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let tally = clients.join().expect("clients");
+    let tally = clients.finish();
     for healthy in ["backend-1", "backend-3"] {
         let (trips, lost, slowest) = tally.get(healthy).copied().expect("flows on each backend");
         eprintln!(
