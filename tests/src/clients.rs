@@ -140,14 +140,11 @@ fn udp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool) -> Tally 
     tally
 }
 
-/// `n` short TCP connections to the VIP's `port` from fresh source ports (optionally from a
-/// given local address); the answering backends ("error" for failures).
-pub fn short_tcp(
-    client: &Netns,
-    n: usize,
-    port: u16,
-    from: Option<Ipv4Addr>,
-) -> HashMap<String, usize> {
+/// `n` short TCP connections made by `connect`; the answering backends ("error" for failures).
+fn burst<F>(client: &Netns, n: usize, connect: F) -> HashMap<String, usize>
+where
+    F: Fn() -> std::io::Result<TcpStream> + Send + 'static,
+{
     client
         .spawn(move || {
             // Same CPU as the long-lived flows: one RSS queue for the client.
@@ -155,8 +152,7 @@ pub fn short_tcp(
             let mut seen = HashMap::new();
             for _ in 0..n {
                 let who = (|| -> std::io::Result<String> {
-                    let sock = socket2_free_connect(from, port)?;
-                    let mut c = sock;
+                    let mut c = connect()?;
                     c.set_read_timeout(Some(Duration::from_secs(2)))?;
                     c.write_all(b"hi")?;
                     let mut buf = [0u8; 64];
@@ -170,6 +166,24 @@ pub fn short_tcp(
         })
         .join()
         .expect("client thread")
+}
+
+/// `n` short TCP connections to `dst`.
+pub fn short_tcp_to(client: &Netns, n: usize, dst: std::net::SocketAddr) -> HashMap<String, usize> {
+    burst(client, n, move || {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(2))
+    })
+}
+
+/// `n` short TCP connections to the VIP's `port` from fresh source ports, optionally from a
+/// given local address.
+pub fn short_tcp(
+    client: &Netns,
+    n: usize,
+    port: u16,
+    from: Option<Ipv4Addr>,
+) -> HashMap<String, usize> {
+    burst(client, n, move || socket2_free_connect(from, port))
 }
 
 /// Connect to the VIP from `from` (any address when `None`) without an extra crate: bind a

@@ -87,7 +87,8 @@ impl Drop for Echo {
 }
 
 fn tcp_loop(name: &str, port: u16, stop: &Arc<AtomicBool>, conns: &Arc<Mutex<Vec<TcpStream>>>) {
-    let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp echo");
+    // Dual-stack: IPv4 arrives v4-mapped on the IPv6 wildcard.
+    let l = TcpListener::bind(("::", port)).expect("bind tcp echo");
     l.set_nonblocking(true).expect("nonblocking");
     let mut workers = Vec::new();
     while !stop.load(Ordering::Relaxed) {

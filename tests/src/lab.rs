@@ -113,6 +113,7 @@ nexthop_refresh_secs = 2
 [forwarding]
 mtu = {BACKEND_LINK_MTU}
 encap_source_v4 = "10.0.1.1"
+encap_source_v6 = "fd00:1::1"
 
 [[interface]]
 name = "lc"
@@ -143,8 +144,20 @@ name = "lc"
         }
     }
 
+    /// Like `start`, with the daemon in another namespace (topologies built by a test).
+    pub fn start_in(&mut self, ns: &str, config: &str) {
+        if let Err(log) = self.try_start_in(ns, config) {
+            panic!("{log}");
+        }
+    }
+
     /// Like `start`; a daemon that exits instead of serving gives its log as the error.
     pub fn try_start(&mut self, config: &str) -> Result<(), String> {
+        let ns = self.net.lb.name.clone();
+        self.try_start_in(&ns, config)
+    }
+
+    fn try_start_in(&mut self, ns: &str, config: &str) -> Result<(), String> {
         assert!(self.daemon.is_none(), "daemon already running");
         std::fs::write(&self.config_path, config).expect("write config");
         let log = std::fs::OpenOptions::new()
@@ -152,7 +165,7 @@ name = "lc"
             .append(true)
             .open(self.dir.join("daemon.log"))
             .expect("daemon log");
-        let child = nsenter(&self.net.lb.name)
+        let child = nsenter(ns)
             .arg(xlb_bin())
             .args(["daemon", "--config"])
             .arg(&self.config_path)

@@ -32,6 +32,8 @@ use xlb::dataplane::{Dataplane, LoadOptions};
 use crate::netns::{Netns, veth};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+/// The IPv6 VIP (dual-stack topology).
+pub const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 7000;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -43,6 +45,7 @@ pub struct BackendHost {
     pub id: u32,
     pub name: String,
     pub addr: Ipv4Addr,
+    pub addr6: std::net::Ipv6Addr,
     pub ns: Netns,
     /// The in-process decap program, when this process attached it.
     _decap: Option<Dataplane>,
@@ -64,6 +67,11 @@ impl Net {
         client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
         lb.ip(&["addr", "add", "10.0.1.1/24", "dev", "lc"]);
         lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // Dual stack; `nodad` so addresses are usable at once.
+        client.ip(&["addr", "add", "fd00:1::2/64", "dev", "c0", "nodad"]);
+        client.ip(&["-6", "route", "add", "default", "via", "fd00:1::1"]);
+        lb.ip(&["addr", "add", "fd00:1::1/64", "dev", "lc", "nodad"]);
+        lb.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         let mut backends = Vec::new();
         for i in 0..n_backends {
             let id = i as u32 + 1;
@@ -76,6 +84,32 @@ impl Net {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &b_dev]);
             ns.ip(&["route", "add", "default", "via", &format!("10.0.{net}.1")]);
             ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            let addr6: std::net::Ipv6Addr = format!("fd00:{net}::2").parse().expect("v6");
+            lb.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:{net}::1/64"),
+                "dev",
+                &lb_dev,
+                "nodad",
+            ]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                &b_dev,
+                "nodad",
+            ]);
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:{net}::1"),
+            ]);
+            ns.ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo"]);
             let mtu = BACKEND_LINK_MTU.to_string();
             lb.ip(&["link", "set", &lb_dev, "mtu", &mtu]);
             ns.ip(&["link", "set", &b_dev, "mtu", &mtu]);
@@ -83,6 +117,7 @@ impl Net {
                 id,
                 name: format!("backend-{id}"),
                 addr,
+                addr6,
                 ns,
                 _decap: None,
             });

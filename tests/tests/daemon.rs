@@ -386,7 +386,15 @@ fn decap_cli_attaches_counts_updates_and_detaches() {
         serde_json::from_slice(&out.stdout).expect("json")
     };
     let s = status(&lab);
-    assert_eq!(s["addresses"][0], b.addr.to_string());
+    // The interface's own addresses, both families.
+    let mut got: Vec<String> = s["addresses"]
+        .as_array()
+        .expect("addresses")
+        .iter()
+        .map(|a| a.as_str().expect("address").to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![b.addr.to_string(), b.addr6.to_string()]);
     assert!(
         s["decapsulated"]["packets"].as_u64().expect("count") >= 30,
         "{s}"

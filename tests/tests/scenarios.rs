@@ -6,7 +6,7 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use tests::{
-    clients::{LongLived, Tally, short_tcp},
+    clients::{LongLived, Tally, short_tcp, short_tcp_to},
     echo::Echo,
     lab::Lab,
     topo::{BackendHost, VIP},
@@ -483,4 +483,154 @@ fn a_connection_survives_moving_to_a_second_lb_with_the_same_config() {
         via_b >= 20 && misses >= 1,
         "the connection went through LB B: {stats}"
     );
+}
+
+#[test]
+fn every_forwarding_mode_and_family_carries_real_connections() {
+    use tests::topo::VIP6;
+    let mut lab = Lab::new(3);
+    let mut srv = Vec::new();
+    for b in &lab.net.backends {
+        for (tcp, udp) in [(9000, 9001), (9002, 9102), (9003, 9103)] {
+            srv.push(Echo::start(
+                &b.ns,
+                &b.name,
+                tcp,
+                udp,
+                &[VIP.into(), b.addr.into()],
+            ));
+        }
+    }
+    let mut c = lab.base_config();
+    let mut vip = |addr: String, port: u16, fwd: &str, backends: Vec<String>| {
+        c += &format!(
+            "\n[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"tcp\"\nforwarding = \"{fwd}\"\n"
+        );
+        for b in backends {
+            c += &format!("\n[[vip.backend]]\naddress = \"{b}\"\n");
+        }
+    };
+    let v4: Vec<String> = lab
+        .net
+        .backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    let v6: Vec<String> = lab
+        .net
+        .backends
+        .iter()
+        .map(|b| b.addr6.to_string())
+        .collect();
+    vip(VIP.to_string(), 9000, "ipip", v4.clone());
+    vip(VIP.to_string(), 9002, "gue", v4.clone());
+    vip(VIP.to_string(), 9003, "l2", v4.clone());
+    vip(VIP6.to_string(), 9000, "ipip", v6.clone());
+    vip(VIP6.to_string(), 9002, "gue", v4.clone());
+    lab.start(&c);
+    for (name, dst) in [
+        ("IPv4 IPIP", std::net::SocketAddr::from((VIP, 9000))),
+        ("IPv4 GUE", (VIP, 9002).into()),
+        ("IPv4 L2 DSR", (VIP, 9003).into()),
+        ("IPv6-in-IPv6", (VIP6, 9000).into()),
+        ("IPv6 VIP over GUE to IPv4 backends", (VIP6, 9002).into()),
+    ] {
+        let seen = short_tcp_to(&lab.net.client, 60, dst);
+        eprintln!("{name}: {seen:?}");
+        assert!(!seen.contains_key("error"), "{name}: {seen:?}");
+        assert_eq!(seen.len(), 3, "{name}: every backend answers: {seen:?}");
+    }
+}
+
+#[test]
+fn one_arm_lb_sends_back_out_of_its_only_interface() {
+    use tests::netns::{Netns, veth};
+    // One segment (a bridge in its own namespace): client, LB and backends. The forwarder
+    // encapsulates and sends each packet back out of the interface it came in on (XDP_TX);
+    // the bridge-side end of the LB's link runs xlb_pass, as XDP_TX into a veth needs.
+    let sw = Netns::new("sw");
+    sw.ip(&["link", "add", "br0", "type", "bridge"]);
+    sw.ip(&["link", "set", "br0", "up"]);
+    let client = Netns::new("c1arm");
+    let lb = Netns::new("lb1arm");
+    let mut hosts = Vec::new();
+    for (i, port) in [("c", &client), ("l", &lb)] {
+        let (in_ns, at_sw) = (format!("{i}0"), format!("s{i}"));
+        veth(port, &in_ns, &sw, &at_sw);
+        sw.ip(&["link", "set", &at_sw, "master", "br0"]);
+    }
+    client.ip(&["addr", "add", "10.0.50.2/24", "dev", "c0"]);
+    client.ip(&["route", "add", &format!("{VIP}/32"), "via", "10.0.50.1"]);
+    lb.ip(&["addr", "add", "10.0.50.1/24", "dev", "l0"]);
+    let mut lab = Lab::new(0);
+    for k in 1..=3u8 {
+        let ns = Netns::new(&format!("b{k}arm"));
+        // Distinct names: decap pins are per interface name.
+        let dev = format!("e{k}");
+        veth(&ns, &dev, &sw, &format!("sb{k}"));
+        sw.ip(&["link", "set", &format!("sb{k}"), "master", "br0"]);
+        let addr = format!("10.0.50.{}", 10 + k);
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", &dev]);
+        ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+        // Room for the IPIP header on the whole segment.
+        for (n, d) in [(&ns, dev.clone()), (&sw, format!("sb{k}"))] {
+            n.ip(&["link", "set", &d, "mtu", "1600"]);
+        }
+        let out = lab.in_ns(
+            &ns.name,
+            &[
+                "decap",
+                "attach",
+                &dev,
+                "--pin-dir",
+                &lab.decap_pins.display().to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let echo = Echo::start(&ns, &format!("backend-{k}"), TCP, UDP, &[VIP.into()]);
+        hosts.push((ns, addr, echo));
+    }
+    for d in ["sl", "sc", "br0"] {
+        sw.ip(&["link", "set", d, "mtu", "1600"]);
+    }
+    lb.ip(&["link", "set", "l0", "mtu", "1600"]);
+    // XDP_TX into the LB's veth needs a program on the bridge side.
+    let mut pass = xlb::dataplane::Dataplane::load(&xlb::dataplane::LoadOptions {
+        conntrack_entries: 64,
+        ..Default::default()
+    })
+    .expect("load");
+    {
+        let _in = sw.enter();
+        pass.attach(
+            lb_common::prog_names::PASS,
+            "sl",
+            xlb::dataplane::AttachMode::Native,
+            None,
+        )
+        .expect("xlb_pass on the bridge side");
+    }
+    let mut cfg = lab.base_config().replace("name = \"lc\"", "name = \"l0\"");
+    cfg += &format!("\n[[vip]]\naddress = \"{VIP}\"\nport = {TCP}\nprotocol = \"tcp\"\n");
+    for (_, addr, _) in &hosts {
+        cfg += &format!("\n[[vip.backend]]\naddress = \"{addr}\"\n");
+    }
+    // The lab's LB namespace is unused here: run this daemon in the one-arm LB's namespace.
+    lab.start_in(&lb.name, &cfg);
+    let list = lab.json(&["backend", "list"]);
+    assert!(
+        list.to_string().contains("via 10.0.50.11 l0"),
+        "next hop out of l0: {list}"
+    );
+    let seen = short_tcp_to(&client, 60, (VIP, TCP).into());
+    eprintln!("one-arm: {seen:?}");
+    assert!(!seen.contains_key("error"), "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    drop(lab);
+    drop(pass);
+    drop(hosts);
 }
