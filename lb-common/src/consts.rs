@@ -101,7 +101,10 @@ pub const FWD_MODE_MAX: u8 = 2;
 
 /// `LbConfig::flags`: some VIP is a port-0 wildcard. Without it the forwarder skips the
 /// wildcard lookup, so traffic to non-VIP addresses costs one hash lookup instead of two.
-pub const CFG_F_WILDCARD_VIPS: u32 = 1 << 0;
+pub const CFG_F_WILDCARD_VIPS: u16 = 1 << 0;
+
+/// Most CPUs a conntrack miss searches for a flow tracked on another CPU (bounds the loop).
+pub const CONNTRACK_SCAN_CPUS: u32 = 64;
 
 /// Conntrack LRU lists per CPU rather than one shared, locked list (as Katran does): flows stay
 /// on their RSS CPU, so a new flow never contends for a global lock.

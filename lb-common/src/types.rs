@@ -121,7 +121,9 @@ pub struct LbConfig {
     /// GUE destination port (wire order).
     pub gue_port_be: u16,
     /// `CFG_F_*`.
-    pub flags: u32,
+    pub flags: u16,
+    /// Possible CPUs: how far a conntrack miss looks for the flow on other CPUs (0: never).
+    pub nr_cpus: u16,
 }
 
 impl FlowKey {

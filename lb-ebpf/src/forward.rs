@@ -22,6 +22,7 @@ pub fn run(ctx: &XdpContext) -> Result<u32, Verdict> {
     let cfg = CONFIG.get(0).ok_or(Verdict::pass(Reason::PassNotVip))?;
     let mut maps = Maps {
         wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
+        nr_cpus: cfg.nr_cpus as u32,
     };
     let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
     let d = decide(&mut maps, &p.pkt, vip, cfg.hash_seed).map_err(Verdict::of)?;

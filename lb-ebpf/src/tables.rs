@@ -1,7 +1,9 @@
 //! The decision's tables, backed by the BPF maps.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{Backend, FlowKey, FlowState, VipKey, VipMeta, decision::Tables};
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_map_lookup_percpu_elem};
+use lb_common::{
+    Backend, CONNTRACK_SCAN_CPUS, FlowKey, FlowState, PROTO_TCP, VipKey, VipMeta, decision::Tables,
+};
 
 use crate::maps::{BACKENDS, CONNTRACK, RINGS, VIPS};
 
@@ -9,6 +11,37 @@ pub struct Maps {
     /// Some VIP is a port-0 wildcard (`CFG_F_WILDCARD_VIPS`); otherwise port-0 lookups are
     /// known misses and skipped.
     pub wildcards: bool,
+    /// CPUs to search when a TCP packet of an established flow misses this CPU's conntrack.
+    pub nr_cpus: u32,
+}
+
+impl Maps {
+    /// A TCP flow's entry on another CPU. Conntrack is per CPU and RSS normally keeps a flow on
+    /// one, but a flow can move (veth schedules by sender CPU, NIC RSS tables get rehashed);
+    /// following the ring instead would move it to another backend whenever the ring changed
+    /// since it started. Found entries are copied to this CPU, so the search runs once.
+    #[inline(never)]
+    fn tracked_elsewhere(&self, key: &FlowKey) -> Option<u32> {
+        let map = core::ptr::from_ref(&CONNTRACK)
+            .cast_mut()
+            .cast::<core::ffi::c_void>();
+        let mut cpu = 0u32;
+        while cpu < CONNTRACK_SCAN_CPUS && cpu < self.nr_cpus {
+            // SAFETY: a lookup helper on our own map with a key of its key type.
+            let p = unsafe { bpf_map_lookup_percpu_elem(map, core::ptr::from_ref(key).cast(), cpu) }
+                as *const FlowState;
+            if !p.is_null() {
+                // SAFETY: a non-null value pointer of this map; read once.
+                let id = unsafe { (*p).backend_id };
+                if id != 0 {
+                    insert(key, id);
+                    return Some(id);
+                }
+            }
+            cpu += 1;
+        }
+        None
+    }
 }
 
 impl Tables for Maps {
@@ -23,16 +56,22 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn tracked(&mut self, key: &FlowKey) -> Option<u32> {
-        let state = CONNTRACK.get_ptr_mut(key)?;
-        // SAFETY: per-CPU value of an LRU map: only this CPU reads and writes this slot.
-        unsafe {
-            let id = (*state).backend_id;
-            if id == 0 {
-                return None;
+        // An element of a per-CPU map holds a value for every CPU: this CPU's may be zero
+        // (the flow was tracked elsewhere) even when the lookup succeeds.
+        if let Some(state) = CONNTRACK.get_ptr_mut(key) {
+            // SAFETY: per-CPU value of an LRU map: only this CPU reads and writes this slot.
+            unsafe {
+                let id = (*state).backend_id;
+                if id != 0 {
+                    (*state).last_seen_ns = bpf_ktime_get_coarse_ns();
+                    return Some(id);
+                }
             }
-            (*state).last_seen_ns = bpf_ktime_get_coarse_ns();
-            Some(id)
         }
+        if key.proto == PROTO_TCP && self.nr_cpus > 1 {
+            return self.tracked_elsewhere(key);
+        }
+        None
     }
 
     #[inline(always)]
@@ -47,15 +86,20 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn track(&mut self, key: &FlowKey, backend_id: u32) {
-        // SAFETY: the helper has no preconditions on the clock.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let state = FlowState {
-            backend_id,
-            _pad: 0,
-            last_seen_ns: now,
-        };
-        // A failed insert (map full of locked entries) only loses stickiness; the ring still
-        // routes the flow consistently while the backend set is unchanged.
-        let _ = CONNTRACK.insert(key, state, 0);
+        insert(key, backend_id);
     }
+}
+
+/// Track `key` on this CPU. A failed insert (map full of locked entries) only loses
+/// stickiness; the ring still routes the flow consistently while the backend set is unchanged.
+#[inline(always)]
+fn insert(key: &FlowKey, backend_id: u32) {
+    // SAFETY: the helper has no preconditions on the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let state = FlowState {
+        backend_id,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let _ = CONNTRACK.insert(key, state, 0);
 }

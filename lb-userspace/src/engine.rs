@@ -204,6 +204,7 @@ pub fn lb_config(cfg: &Config) -> LbConfig {
         } else {
             0
         },
+        nr_cpus: aya::util::nr_cpus().map(|n| n as u16).unwrap_or(0),
     }
 }
 

@@ -46,6 +46,7 @@ impl Fixture {
             mtu: MTU,
             gue_port_be: GUE_PORT.to_be(),
             flags: 0,
+            nr_cpus: aya::util::nr_cpus().expect("possible CPUs") as u16,
         };
         let mut f = Fixture {
             dp,
@@ -169,10 +170,15 @@ impl Fixture {
 /// BPF_PROG_TEST_RUN runs on the calling thread's CPU and conntrack is per CPU: pin the thread so a
 /// sequence of runs sees one CPU's table, like the model.
 pub fn pin_to_cpu0() {
+    pin_to_cpu(0);
+}
+
+/// Run this thread (and so its BPF_PROG_TEST_RUNs) on `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: plain sched_setaffinity on the calling thread with a zeroed, then filled, cpu set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

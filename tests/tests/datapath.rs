@@ -13,7 +13,7 @@ use lb_common::{
 };
 use tests::{
     expect,
-    fixture::{Fixture, pin_to_cpu0},
+    fixture::{Fixture, pin_to_cpu, pin_to_cpu0},
     frames::{CLIENT_MAC, LB_MAC, Spec, l3_offset},
     lb::*,
 };
@@ -712,4 +712,41 @@ fn counters_count_packets_bytes_and_flows() {
     assert_eq!(vip1.conntrack_misses - vip0.conntrack_misses, 1);
     assert_eq!(b1.packets - b0.packets, 5);
     assert_eq!(b1.new_flows, b0.new_flows);
+}
+
+#[test]
+fn a_tcp_flow_tracked_on_another_cpu_keeps_its_backend() {
+    assert!(aya::util::nr_cpus().expect("cpus") >= 2, "needs two CPUs");
+    let mut f = setup();
+    let s = Spec::new("192.0.2.61", 50001, "10.0.0.10", 80, 6).syn();
+    // The SYN is tracked on CPU 1 only.
+    pin_to_cpu(1);
+    let b = forward(&mut f, &s);
+    pin_to_cpu(0);
+    // The ring no longer names the tracked backend (drained), so the ring would move the flow.
+    let others: Vec<(u32, u32)> = [1, 2, 3]
+        .iter()
+        .filter(|&&i| i != b)
+        .map(|&i| (i, 1))
+        .collect();
+    f.set_members(VIP_TCP4, &others);
+    let ack = Spec {
+        syn: false,
+        ..s.clone()
+    };
+    assert_eq!(
+        forward(&mut f, &ack),
+        b,
+        "a packet on CPU 0 finds the flow tracked on CPU 1"
+    );
+    // Copied to CPU 0: found there directly from now on.
+    let key = key_of(&ack);
+    let cpus: Vec<u32> =
+        f.dp.flows()
+            .expect("flows")
+            .into_iter()
+            .filter(|(k, _)| *k == key)
+            .flat_map(|(_, v)| v.into_iter().map(|s| s.backend_id))
+            .collect();
+    assert_eq!(cpus, vec![b, b], "tracked on both CPUs");
 }
