@@ -58,6 +58,8 @@ pub struct DaemonConfig {
     pub drain_timeout_secs: u32,
     /// How often next-hop MAC addresses are re-resolved.
     pub nexthop_refresh_secs: u32,
+    /// Prometheus endpoint (`GET /metrics`); empty disables it.
+    pub metrics_listen: String,
 }
 
 impl Default for DaemonConfig {
@@ -72,6 +74,7 @@ impl Default for DaemonConfig {
             drain_idle_secs: 30,
             drain_timeout_secs: 300,
             nexthop_refresh_secs: 5,
+            metrics_listen: "127.0.0.1:9478".into(),
         }
     }
 }
@@ -536,6 +539,13 @@ impl Config {
             errs.push(format!(
                 "daemon.pin_dir: {} is not under /sys/fs/bpf (pins need bpffs)",
                 d.pin_dir.display()
+            ));
+        }
+        if !d.metrics_listen.is_empty() && d.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            errs.push(format!(
+                "daemon.metrics_listen: {:?} is not ADDRESS:PORT (empty disables it)",
+                d.metrics_listen
             ));
         }
         if d.nexthop_refresh_secs == 0 {

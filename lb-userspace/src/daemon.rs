@@ -25,6 +25,7 @@ use crate::{
     dataplane::{Dataplane, LoadOptions, PinState, pin},
     engine::{Engine, Removal, load_saved},
     health::{Monitor, Transition},
+    metrics::ApiCounters,
 };
 
 pub struct Options {
@@ -37,6 +38,7 @@ struct Shared {
     engine: Mutex<Engine>,
     sampler: Mutex<Sampler>,
     monitor: Mutex<Monitor>,
+    api: ApiCounters,
 }
 
 /// Stable digest of the config file's text, to notice edits between runs.
@@ -151,6 +153,7 @@ pub async fn run(opts: Options) -> Result<()> {
         engine: Mutex::new(engine),
         sampler: Mutex::new(Sampler::default()),
         monitor: Mutex::new(Monitor::new(tx)),
+        api: ApiCounters::default(),
     });
     sync_probes(&shared).await;
     tokio::spawn(transitions(rx, shared.clone()));
@@ -158,6 +161,13 @@ pub async fn run(opts: Options) -> Result<()> {
     info!(socket = %d.socket.display(), "ready");
 
     tokio::spawn(serve(listener, shared.clone()));
+    if !d.metrics_listen.is_empty() {
+        let l = tokio::net::TcpListener::bind(&d.metrics_listen)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {}", d.metrics_listen))?;
+        info!(listen = %d.metrics_listen, "metrics at /metrics");
+        tokio::spawn(metrics_server(l, shared.clone()));
+    }
     tokio::spawn(housekeeping(
         shared.clone(),
         Duration::from_secs(d.nexthop_refresh_secs as u64),
@@ -266,6 +276,16 @@ async fn client(mut conn: UnixStream, shared: Arc<Shared>) -> std::io::Result<()
             }
         },
     };
+    shared
+        .api
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !response.ok {
+        shared
+            .api
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let body = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     conn.write_all(&body).await?;
     conn.shutdown().await
@@ -325,5 +345,43 @@ async fn transitions(mut rx: tokio::sync::mpsc::Receiver<Transition>, shared: Ar
             Ok(false) => {}
             Err(err) => error!(%vip, %backend, error = %err, "applying a health transition"),
         }
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format; anything else is a 404.
+async fn metrics_server(l: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut c, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut head = vec![0u8; 8192];
+            let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut head)).await;
+            let Ok(Ok(n)) = read else { return };
+            let req = String::from_utf8_lossy(&head[..n]);
+            let (status, ctype, body) =
+                if req.starts_with("GET /metrics ") || req.starts_with("GET /metrics?") {
+                    let e = s.engine.lock().await;
+                    (
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        crate::metrics::render(&e, &s.api),
+                    )
+                } else {
+                    (
+                        "404 Not Found",
+                        "text/plain",
+                        "only /metrics is served here\n".to_string(),
+                    )
+                };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(resp.as_bytes()).await;
+            let _ = c.shutdown().await;
+        });
     }
 }

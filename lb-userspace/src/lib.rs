@@ -12,6 +12,7 @@ pub mod decap;
 pub mod engine;
 pub mod health;
 pub mod loadgen;
+pub mod metrics;
 pub mod nexthop;
 pub mod view;
 

@@ -109,6 +109,7 @@ conntrack_entries = 65536
 drain_idle_secs = 2
 drain_timeout_secs = 20
 nexthop_refresh_secs = 2
+metrics_listen = "127.0.0.1:9478"
 
 [forwarding]
 mtu = {BACKEND_LINK_MTU}

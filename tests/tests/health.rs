@@ -141,6 +141,30 @@ fn tcp_backend_failure_is_detected_and_only_its_flows_are_affected() {
     }
     let status = lab.json(&["status"]);
     assert_eq!(status["health_transitions"], 2, "{status}");
+
+    // The Prometheus endpoint (localhost of the LB namespace) tells the same story.
+    let metrics = scrape(&lab);
+    let dead_labels = format!("vip=\"10.100.0.1:{TCP_PORT}/tcp\",backend=\"{dead}\"");
+    for want in [
+        format!("xlb_backend_up{{{dead_labels}}} 1"),
+        format!("xlb_backend_failures_total{{{dead_labels}}} 1"),
+        "xlb_health_transitions_total 2".to_string(),
+        "# HELP xlb_vip_packets Packets forwarded for the VIP.".to_string(),
+    ] {
+        assert!(metrics.contains(&want), "missing {want:?} in:\n{metrics}");
+    }
+    let packets: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "xlb_vip_packets_total{{vip=\"10.100.0.1:{TCP_PORT}/tcp\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("vip packets");
+    assert!(packets > 1000, "{packets}");
+    assert!(metrics.contains("xlb_backend_mttr_seconds{"), "{metrics}");
     let row = lab.json(&["backend", "list"])[1].clone();
     assert_eq!(row["health"]["failures"], 1, "{row}");
     assert!(row["health"]["mttr_secs"].as_f64().is_some(), "{row}");
@@ -298,4 +322,23 @@ fn below_quorum_the_vip_uses_its_fallback_or_keeps_its_last_ring() {
     wait_state(&lab, &b2, "down", Duration::from_secs(2));
     assert_eq!(slots(&lab), before, "ring kept below quorum");
     assert_eq!(lab.json(&["status"])["quorum_losses"], 2);
+}
+
+/// `GET /metrics` from inside the LB namespace.
+fn scrape(lab: &Lab) -> String {
+    lab.net
+        .lb
+        .spawn(|| {
+            use std::io::{Read as _, Write as _};
+            let mut c =
+                std::net::TcpStream::connect(("127.0.0.1", 9478)).expect("metrics endpoint");
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .expect("request");
+            let mut out = String::new();
+            c.read_to_string(&mut out).expect("response");
+            assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+            out
+        })
+        .join()
+        .expect("scrape")
 }

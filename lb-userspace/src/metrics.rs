@@ -1,0 +1,208 @@
+//! The Prometheus endpoint: per-VIP and per-backend counters read from the per-CPU maps at
+//! scrape time, health and availability, data-path passes and drops by reason, control-plane
+//! counters. Labels are VIPs and backends, never flows. Names follow node_exporter's IPVS
+//! collector and Cilium (`xlb_vip_packets_total{vip="10.0.0.1:80/tcp"}`).
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::engine::Engine;
+
+type Labels = Vec<(String, String)>;
+
+/// Control-API counters, kept by the daemon.
+#[derive(Default)]
+pub struct ApiCounters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn counter(r: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    r.register(name, help, f.clone());
+    f
+}
+
+fn gauge(r: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<f64, AtomicU64>> {
+    let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    r.register(name, help, f.clone());
+    f
+}
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The text exposition of every metric, as of now.
+pub fn render(e: &Engine, api: &ApiCounters) -> String {
+    let mut r = Registry::with_prefix("xlb");
+    let vp = counter(&mut r, "vip_packets", "Packets forwarded for the VIP.");
+    let vb = counter(&mut r, "vip_bytes", "Bytes forwarded for the VIP.");
+    let vn = counter(
+        &mut r,
+        "vip_new_flows",
+        "Flows the VIP's ring assigned (conntrack inserts).",
+    );
+    let vh = counter(&mut r, "vip_conntrack_hits", "Packets of tracked flows.");
+    let vm = counter(
+        &mut r,
+        "vip_conntrack_misses",
+        "Packets that found no conntrack entry.",
+    );
+    let vf = counter(
+        &mut r,
+        "vip_failovers",
+        "Tracked flows re-picked because their backend was down.",
+    );
+    let bp = counter(
+        &mut r,
+        "backend_packets",
+        "Packets forwarded to the backend.",
+    );
+    let bb = counter(&mut r, "backend_bytes", "Bytes forwarded to the backend.");
+    let bn = counter(
+        &mut r,
+        "backend_new_flows",
+        "Flows assigned to the backend.",
+    );
+    let up = gauge(
+        &mut r,
+        "backend_up",
+        "1 when the backend is healthy (or not probed), 0 when down.",
+    );
+    let fails = counter(
+        &mut r,
+        "backend_failures",
+        "Health transitions from up to down.",
+    );
+    let avail = gauge(
+        &mut r,
+        "backend_availability_ratio",
+        "MTBF / (MTBF + MTTR) over the daemon's lifetime.",
+    );
+    let mtbf = gauge(
+        &mut r,
+        "backend_mtbf_seconds",
+        "Mean time between failures.",
+    );
+    let mttr = gauge(&mut r, "backend_mttr_seconds", "Mean time to repair.");
+    let reasons = counter(
+        &mut r,
+        "datapath_packets",
+        "Packets the forwarder passed to the kernel or dropped, by reason.",
+    );
+    let reason_bytes = counter(
+        &mut r,
+        "datapath_bytes",
+        "Bytes the forwarder passed to the kernel or dropped, by reason.",
+    );
+    let scalars = [
+        (
+            "ring_rebuilds",
+            "Maglev rings rebuilt and swapped.",
+            e.ring_rebuilds,
+        ),
+        (
+            "health_transitions",
+            "Backend health transitions.",
+            e.health_transitions,
+        ),
+        (
+            "quorum_losses",
+            "Times a VIP fell below its quorum of healthy backends.",
+            e.quorum_losses,
+        ),
+        ("applies", "Configuration changes applied.", e.applies),
+        (
+            "api_requests",
+            "Control API requests.",
+            api.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "api_errors",
+            "Control API requests answered with an error.",
+            api.errors.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in scalars {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    }
+    let cap = Gauge::<i64>::default();
+    cap.set(e.dp.conntrack_capacity().unwrap_or(0) as i64);
+    r.register("conntrack_capacity", "Conntrack slots per CPU.", cap);
+    let occ = Gauge::<i64>::default();
+    occ.set(e.dp.flows().map(|f| f.len()).unwrap_or(0) as i64);
+    r.register(
+        "conntrack_entries",
+        "Tracked flows (keys present on any CPU).",
+        occ,
+    );
+
+    for v in &e.cfg.vips {
+        let Some(id) = e.vip_id_of(&v.id()) else {
+            continue;
+        };
+        let name = v.id().to_string();
+        let s = e.dp.vip_stats(id).unwrap_or_default();
+        let lv = l(&[("vip", &name)]);
+        vp.get_or_create(&lv).inc_by(s.packets);
+        vb.get_or_create(&lv).inc_by(s.bytes);
+        vn.get_or_create(&lv).inc_by(s.new_flows);
+        vh.get_or_create(&lv).inc_by(s.conntrack_hits);
+        vm.get_or_create(&lv).inc_by(s.conntrack_misses);
+        vf.get_or_create(&lv).inc_by(s.failovers);
+    }
+    let now = Instant::now();
+    for (id, m) in &e.members {
+        let lb = l(&[
+            ("vip", &m.vip.to_string()),
+            ("backend", &m.address.to_string()),
+        ]);
+        let s = e.dp.backend_stats(*id).unwrap_or_default();
+        bp.get_or_create(&lb).inc_by(s.packets);
+        bb.get_or_create(&lb).inc_by(s.bytes);
+        bn.get_or_create(&lb).inc_by(s.new_flows);
+        let h = e.health.get(id).map(|h| h.report(now));
+        up.get_or_create(&lb)
+            .set(if h.as_ref().is_none_or(|h| h.healthy) {
+                1.0
+            } else {
+                0.0
+            });
+        if let Some(h) = h {
+            fails.get_or_create(&lb).inc_by(h.failures);
+            avail.get_or_create(&lb).set(h.availability);
+            if let Some(x) = h.mtbf_secs {
+                mtbf.get_or_create(&lb).set(x);
+            }
+            if let Some(x) = h.mttr_secs {
+                mttr.get_or_create(&lb).set(x);
+            }
+        }
+    }
+    if let Ok(rs) = e.dp.reason_stats() {
+        for (reason, c) in rs {
+            let lr = l(&[("reason", reason.name())]);
+            reasons.get_or_create(&lr).inc_by(c.packets);
+            reason_bytes.get_or_create(&lr).inc_by(c.bytes);
+        }
+    }
+    let mut out = String::new();
+    if encode(&mut out, &r).is_err() {
+        out.clear();
+    }
+    out
+}
