@@ -137,6 +137,11 @@ enum Command {
     Decap(DecapCmd),
     /// Load the embedded XDP programs into the kernel (verifier included) and report the result.
     Check,
+    /// Print a shell completion script (e.g. `xlb completions bash > /etc/bash_completion.d/xlb`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -288,6 +293,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Flows { vip, limit, o } => cli::flows(&socket, vip, limit, o),
         Command::Explain { src, dst, syn, o } => cli::explain(&socket, src, &dst, syn, o),
         Command::Decap(c) => decap_cmd(c),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Loadgen(a) => loadgen_cmd(a),
         Command::Bench {
             json,
@@ -484,4 +494,34 @@ fn resolve_mac(dst: IpAddr, iface: &str) -> Result<[u8; 6]> {
         }
         Ok(nh.dst_mac)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn the_cli_is_consistent_and_completes() {
+        Cli::command().debug_assert();
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "xlb",
+            &mut out,
+        );
+        let script = String::from_utf8(out).expect("utf-8");
+        for sub in [
+            "daemon",
+            "backend",
+            "set-weight",
+            "explain",
+            "loadgen",
+            "decap",
+        ] {
+            assert!(script.contains(sub), "{sub} missing from the completions");
+        }
+    }
 }
