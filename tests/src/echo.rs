@@ -62,6 +62,18 @@ impl Echo {
         }
     }
 
+    /// The servers of one backend host: TCP on all addresses, UDP on the IPv4 VIP and on the
+    /// host's own address (where health probes go).
+    pub fn backend(b: &crate::topo::BackendHost, tcp_port: u16, udp_port: u16) -> Echo {
+        Echo::start(
+            &b.ns,
+            &b.name,
+            tcp_port,
+            udp_port,
+            &[crate::topo::VIP.into(), b.addr.into()],
+        )
+    }
+
     /// Stop serving: listener and sockets closed, established connections reset.
     pub fn kill(mut self) {
         self.halt();

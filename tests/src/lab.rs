@@ -258,6 +258,39 @@ name = "lc"
         serde_json::from_str(&self.ok(&a)).expect("json output")
     }
 
+    /// Poll `backend list` until backend `addr` (of `vip`, or of any VIP) is in `state`;
+    /// returns how long that took. Panics with the daemon log after `limit`.
+    pub fn wait_backend_state(
+        &self,
+        vip: Option<&str>,
+        addr: &str,
+        state: &str,
+        limit: Duration,
+    ) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let mut args = vec!["backend", "list"];
+            args.extend(vip);
+            let list = self.json(&args);
+            let row = list
+                .as_array()
+                .expect("array")
+                .iter()
+                .find(|r| r["address"] == addr)
+                .cloned()
+                .expect("backend listed");
+            if row["state"] == state {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{addr} not {state} after {limit:?}: {row}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Write `text` to a file in the lab directory and return its path.
     pub fn file(&self, name: &str, text: &str) -> String {
         let p = self.dir.join(name);

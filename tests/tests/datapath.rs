@@ -661,12 +661,7 @@ fn syn_takes_the_ring_even_when_a_stale_entry_exists() {
     let b = forward(&mut f, &s);
     // Re-point the flow's entry at another backend behind the model's back is not possible, so
     // make the ring disagree instead: remove the tracked backend from the ring (not down).
-    let others: Vec<(u32, u32)> = [1, 2, 3]
-        .iter()
-        .filter(|&&i| i != b)
-        .map(|&i| (i, 1))
-        .collect();
-    f.set_members(VIP_TCP4, &others);
+    ring_without(&mut f, b);
     let ack = Spec {
         syn: false,
         ..s.clone()
@@ -724,12 +719,7 @@ fn a_tcp_flow_tracked_on_another_cpu_keeps_its_backend() {
     let b = forward(&mut f, &s);
     pin_to_cpu(0);
     // The ring no longer names the tracked backend (drained), so the ring would move the flow.
-    let others: Vec<(u32, u32)> = [1, 2, 3]
-        .iter()
-        .filter(|&&i| i != b)
-        .map(|&i| (i, 1))
-        .collect();
-    f.set_members(VIP_TCP4, &others);
+    ring_without(&mut f, b);
     let ack = Spec {
         syn: false,
         ..s.clone()
@@ -749,4 +739,14 @@ fn a_tcp_flow_tracked_on_another_cpu_keeps_its_backend() {
             .flat_map(|(_, v)| v.into_iter().map(|s| s.backend_id))
             .collect();
     assert_eq!(cpus, vec![b, b], "tracked on both CPUs");
+}
+
+/// Rebuild VIP_TCP4's ring from backends 1-3 without `b` (drained, not down).
+fn ring_without(f: &mut Fixture, b: u32) {
+    let others: Vec<(u32, u32)> = [1, 2, 3]
+        .iter()
+        .filter(|&&i| i != b)
+        .map(|&i| (i, 1))
+        .collect();
+    f.set_members(VIP_TCP4, &others);
 }

@@ -28,40 +28,12 @@ fn config(lab: &Lab, port: u16, proto: &str, check: &str) -> String {
     c
 }
 
-/// Poll `backend list` until `addr` is in `state`; returns how long that took.
 fn wait_state(lab: &Lab, addr: &str, state: &str, limit: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        let list = lab.json(&["backend", "list"]);
-        let row = list
-            .as_array()
-            .expect("array")
-            .iter()
-            .find(|r| r["address"] == addr)
-            .cloned()
-            .expect("backend listed");
-        if row["state"] == state {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "{addr} not {state} after {limit:?}: {row}\n{}",
-            lab.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    lab.wait_backend_state(None, addr, state, limit)
 }
 
-/// Echo servers of one backend: TCP on all addresses, UDP on the VIP and on its own address
-/// (where the health probes go).
 fn echo(b: &tests::topo::BackendHost) -> Echo {
-    Echo::start(
-        &b.ns,
-        &b.name,
-        TCP_PORT,
-        UDP_PORT,
-        &[VIP.into(), b.addr.into()],
-    )
+    Echo::backend(b, TCP_PORT, UDP_PORT)
 }
 
 fn servers(lab: &Lab) -> Vec<Option<Echo>> {

@@ -16,7 +16,22 @@ const TCP: u16 = 9000;
 const UDP: u16 = 9001;
 
 fn echo(b: &BackendHost) -> Echo {
-    Echo::start(&b.ns, &b.name, TCP, UDP, &[VIP.into(), b.addr.into()])
+    Echo::backend(b, TCP, UDP)
+}
+
+/// A lab of `n` backends with echo servers and the daemon running the scenario config, all
+/// weights 1.
+fn started(n: usize) -> (Lab, Vec<Echo>, Vec<String>, String) {
+    let mut lab = Lab::new(n);
+    let srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
+    let a = addrs(&lab);
+    let cfg = config(
+        &lab,
+        &a.iter().map(|x| (x.clone(), 1)).collect::<Vec<_>>(),
+        "",
+    );
+    lab.start(&cfg);
+    (lab, srv, a, cfg)
 }
 
 /// Base config plus a TCP and a UDP VIP over `backends` (address, weight); the UDP VIP hashes
@@ -182,14 +197,7 @@ fn backend_added_under_load_breaks_nothing() {
 
 #[test]
 fn drain_takes_no_new_flows_and_lets_established_ones_finish() {
-    let mut lab = Lab::new(3);
-    let _srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
-    lab.start(&config(
-        &lab,
-        &a.iter().map(|x| (x.clone(), 1)).collect::<Vec<_>>(),
-        "",
-    ));
+    let (lab, _srv, a, _) = started(3);
     let tcp = LongLived::start(&lab.net.client, 24, TCP, false, Duration::from_millis(20));
     std::thread::sleep(Duration::from_millis(400));
     lab.ok(&["backend", "drain", &format!("{VIP}:{TCP}/tcp"), &a[1]]);
@@ -268,15 +276,7 @@ fn conntrack_pressure_evicts_but_established_flows_keep_their_backend() {
 
 #[test]
 fn invalid_config_under_load_is_refused_and_changes_nothing() {
-    let mut lab = Lab::new(3);
-    let _srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
-    let good = config(
-        &lab,
-        &a.iter().map(|x| (x.clone(), 1)).collect::<Vec<_>>(),
-        "",
-    );
-    lab.start(&good);
+    let (lab, _srv, _, good) = started(3);
     let before = lab.ok(&["config", "export"]);
     let tcp = LongLived::start(&lab.net.client, 24, TCP, false, Duration::from_millis(20));
     std::thread::sleep(Duration::from_millis(300));
@@ -335,15 +335,7 @@ impl Drop for SecondLb {
 #[test]
 fn a_connection_survives_moving_to_a_second_lb_with_the_same_config() {
     use std::io::{Read as _, Write as _};
-    let mut lab = Lab::new(3);
-    let _srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
-    let cfg_a = config(
-        &lab,
-        &a.iter().map(|x| (x.clone(), 1)).collect::<Vec<_>>(),
-        "",
-    );
-    lab.start(&cfg_a);
+    let (lab, _srv, _, cfg_a) = started(3);
 
     // LB B: its own namespace, a second link from the client and one to each backend, where
     // xlb's decap accepts the same tunnel address.

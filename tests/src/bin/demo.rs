@@ -64,13 +64,7 @@ fn traffic(lab: &Lab, tcp: bool) -> BTreeMap<String, usize> {
 }
 
 fn echo(b: &BackendHost) -> Echo {
-    Echo::start(
-        &b.ns,
-        &b.name,
-        TCP_PORT,
-        UDP_PORT,
-        &[VIP.into(), b.addr.into()],
-    )
+    Echo::backend(b, TCP_PORT, UDP_PORT)
 }
 
 /// Show an `xlb` command and its output, as an operator would type it.
@@ -82,18 +76,8 @@ fn show(lab: &Lab, args: &[&str]) {
 }
 
 fn wait_state(lab: &Lab, addr: &str, state: &str) -> Duration {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        let list = lab.json(&["backend", "list", &format!("{VIP}:{TCP_PORT}/tcp")]);
-        if list.as_array().is_some_and(|l| {
-            l.iter()
-                .any(|r| r["address"] == addr && r["state"] == state)
-        }) {
-            return t0.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{addr} never became {state}:\n{}", lab.log());
+    let vip = format!("{VIP}:{TCP_PORT}/tcp");
+    lab.wait_backend_state(Some(&vip), addr, state, Duration::from_secs(10))
 }
 
 fn main() {
