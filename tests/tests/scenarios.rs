@@ -19,12 +19,18 @@ fn echo(b: &BackendHost) -> Echo {
     Echo::backend(b, TCP, UDP)
 }
 
+/// A lab of `n` backends running echo servers (daemon not started yet), and their addresses.
+fn with_servers(n: usize) -> (Lab, Vec<Echo>, Vec<String>) {
+    let lab = Lab::new(n);
+    let srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
+    let a = addrs(&lab);
+    (lab, srv, a)
+}
+
 /// A lab of `n` backends with echo servers and the daemon running the scenario config, all
 /// weights 1.
 fn started(n: usize) -> (Lab, Vec<Echo>, Vec<String>, String) {
-    let mut lab = Lab::new(n);
-    let srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
+    let (mut lab, srv, a) = with_servers(n);
     let cfg = config(
         &lab,
         &a.iter().map(|x| (x.clone(), 1)).collect::<Vec<_>>(),
@@ -79,9 +85,7 @@ fn intact(t: &Tally, names: &[&str]) {
 
 #[test]
 fn distribution_follows_weights() {
-    let mut lab = Lab::new(3);
-    let _srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
+    let (mut lab, _srv, a) = with_servers(3);
     lab.start(&config(
         &lab,
         &[(a[0].clone(), 1), (a[1].clone(), 2), (a[2].clone(), 3)],
@@ -110,9 +114,7 @@ fn distribution_follows_weights() {
 
 #[test]
 fn affinity_per_connection_and_per_client() {
-    let mut lab = Lab::new(3);
-    let _srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
+    let (mut lab, _srv, a) = with_servers(3);
     let clients: Vec<Ipv4Addr> = (3..=10).map(|i| Ipv4Addr::new(10, 0, 1, i)).collect();
     for c in &clients {
         lab.net
@@ -169,9 +171,7 @@ fn affinity_per_connection_and_per_client() {
 
 #[test]
 fn backend_added_under_load_breaks_nothing() {
-    let mut lab = Lab::new(4);
-    let _srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
+    let (mut lab, _srv, a) = with_servers(4);
     lab.start(&config(
         &lab,
         &a[..3].iter().map(|x| (x.clone(), 1)).collect::<Vec<_>>(),
@@ -214,9 +214,7 @@ fn drain_takes_no_new_flows_and_lets_established_ones_finish() {
 
 #[test]
 fn conntrack_pressure_evicts_but_established_flows_keep_their_backend() {
-    let mut lab = Lab::new(3);
-    let _srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
-    let a = addrs(&lab);
+    let (mut lab, _srv, a) = with_servers(3);
     lab.start(
         &config(
             &lab,
