@@ -34,6 +34,10 @@ pub mod map_names {
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Capture filter, ring and counters (`xlb capture`).
+    pub const CAPTURE: &str = "CAPTURE";
+    pub const CAPTURE_RING: &str = "CAPTURE_RING";
+    pub const CAPTURE_STATS: &str = "CAPTURE_STATS";
     /// Generator and benchmark sink (not pinned by the daemon).
     pub const LOADGEN: &str = "LOADGEN";
     pub const LOADGEN_SEQ: &str = "LOADGEN_SEQ";
@@ -51,6 +55,9 @@ pub mod map_names {
         REASON_STATS,
         DECAP_ADDRS,
         DECAP_STATS,
+        CAPTURE,
+        CAPTURE_RING,
+        CAPTURE_STATS,
     ];
 }
 
@@ -102,6 +109,10 @@ pub const FWD_MODE_MAX: u8 = 2;
 /// `LbConfig::flags`: some VIP is a port-0 wildcard. Without it the forwarder skips the
 /// wildcard lookup, so traffic to non-VIP addresses costs one hash lookup instead of two.
 pub const CFG_F_WILDCARD_VIPS: u16 = 1 << 0;
+
+/// `LbConfig::flags`: a capture is running; the forwarder consults `CAPTURE` after its verdict.
+/// Off, capture costs one test of a flag already in a register.
+pub const CFG_F_CAPTURE: u16 = 1 << 1;
 
 /// Most CPUs a conntrack miss searches for a flow tracked on another CPU (bounds the loop).
 pub const CONNTRACK_SCAN_CPUS: u32 = 64;

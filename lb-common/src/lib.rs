@@ -10,6 +10,7 @@ extern crate alloc;
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod capture;
 pub mod consts;
 pub mod decision;
 pub mod hash;

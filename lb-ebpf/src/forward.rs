@@ -1,36 +1,91 @@
-//! The forwarding path: parse, decide (shared `lb_common::decision`), count, send.
+//! The forwarding path: parse, decide (shared `lb_common::decision`), count, send; then, only
+//! while a capture runs, record what was done.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    CFG_F_WILDCARD_VIPS, VIP_F_NO_CONNTRACK,
+    Backend, CFG_F_WILDCARD_VIPS, LbConfig, VIP_F_NO_CONNTRACK,
+    capture::{CAPTURE_NO_VIP, CaptureConfig, outcome},
     decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
     stats::Reason,
 };
 
 use crate::{
-    encap,
+    capture, encap,
     maps::{BACKENDS, CONFIG},
-    parse,
-    stats::{Verdict, count_forward, count_reason},
+    parse::{self, Parsed},
+    stats::{self, Verdict, count_forward, count_reason},
     tables::Maps,
 };
 
+/// What `route` learned on the way, for the capture record.
+struct Seen {
+    vip_id: u32,
+    backend_id: u32,
+    backend: Option<&'static Backend>,
+}
+
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> Result<u32, Verdict> {
-    let p = parse::parse(ctx)?;
+pub fn xdp(ctx: &XdpContext) -> u32 {
     // Index 0 of an array always exists; the check is for the verifier.
-    let cfg = CONFIG.get(0).ok_or(Verdict::pass(Reason::PassNotVip))?;
+    let Some(cfg) = CONFIG.get(0) else {
+        return stats::finish(ctx, Verdict::pass(Reason::PassNotVip));
+    };
+    let mut seen = Seen {
+        vip_id: CAPTURE_NO_VIP,
+        backend_id: 0,
+        backend: None,
+    };
+    // Nothing here may differ between capture on and off but the call itself: a variable set
+    // only when on would make the verifier walk the whole forwarder twice.
+    if CaptureConfig::enabled(cfg) {
+        capture::keep_input(ctx);
+    }
+    let parsed = parse::parse(ctx);
+    let (action, reason) = match &parsed {
+        Ok(p) => match route(ctx, cfg, p, &mut seen) {
+            Ok(action) => (action, None),
+            Err(v) => (stats::finish(ctx, v), Some(v.reason)),
+        },
+        Err(v) => (stats::finish(ctx, *v), Some(v.reason)),
+    };
+    if CaptureConfig::enabled(cfg) {
+        let key = parsed.as_ref().ok().map(|p| &p.pkt.key);
+        let reason = reason.or(match parsed.as_ref().map(|p| p.pkt.kind) {
+            Ok(PKT_FRAGMENT) => Some(Reason::FwdFragment),
+            Ok(PKT_ICMP_ERROR) => Some(Reason::FwdIcmp),
+            _ => None,
+        });
+        capture::record(
+            ctx,
+            &capture::Event {
+                key,
+                vip_id: seen.vip_id,
+                backend_id: seen.backend_id,
+                backend: seen.backend,
+                action,
+                outcome: outcome(reason),
+            },
+        );
+    }
+    action
+}
+
+#[inline(always)]
+fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Result<u32, Verdict> {
     let mut maps = Maps {
         wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
         nr_cpus: cfg.nr_cpus as u32,
     };
     let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
+    seen.vip_id = vip.vip_id;
     let d = decide(&mut maps, &p.pkt, vip, cfg.hash_seed).map_err(Verdict::of)?;
     let backend = BACKENDS
         .get(d.backend_id)
         .ok_or(Verdict::drop(Reason::DropBadBackend))?;
+    seen.backend_id = d.backend_id;
+    seen.backend = Some(backend);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let action = encap::send(ctx, &p, backend, vip.fwd_mode, cfg)?;
+    let action = encap::send(ctx, p, backend, vip.fwd_mode, cfg)?;
     let stateful = d.vip.flags & VIP_F_NO_CONNTRACK == 0 && p.pkt.kind == PKT_NORMAL;
     count_forward(vip.vip_id, d.backend_id, d.pick, stateful, bytes);
     if p.pkt.kind == PKT_FRAGMENT {

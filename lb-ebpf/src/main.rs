@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod capture;
 mod csum;
 mod decap;
 mod encap;
@@ -19,10 +20,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 /// The load balancer: packets to a VIP are encapsulated (or MAC-rewritten) towards a backend.
 #[xdp]
 pub fn xlb_forward(ctx: XdpContext) -> u32 {
-    match forward::run(&ctx) {
-        Ok(action) => action,
-        Err(v) => stats::finish(&ctx, v),
-    }
+    forward::xdp(&ctx)
 }
 
 /// The backend side: strips xlb's encapsulation addressed to this host.

@@ -2,12 +2,13 @@
 //! each name in `lb_common::map_names::ALL` exists in the loaded object.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruPerCpuHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
     Backend, CONNTRACK_DEFAULT_ENTRIES, FlowKey, FlowState, LbConfig, MAX_BACKENDS, MAX_TX_PORTS,
     MAX_VIPS, RING_SIZE_DEFAULT, VipKey, VipMeta,
+    capture::{CAPTURE_RING_BYTES, CaptureConfig, CaptureCounters, CaptureScratch},
     stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_COUNT, VipStats},
 };
 
@@ -66,6 +67,23 @@ pub static DECAP_ADDRS: HashMap<lb_common::Addr, u32, 64> = HashMap::new();
 
 #[btf_map]
 pub static DECAP_STATS: PerCpuArray<Counter, { DECAP_STATS_COUNT as usize }> = PerCpuArray::new();
+
+/// Index 0: the running capture's filter (`xlb capture`); read only while `CFG_F_CAPTURE` is set.
+#[btf_map]
+pub static CAPTURE: Array<CaptureConfig, 1> = Array::new();
+
+/// Capture records (`CaptureHeader` plus frame bytes), read by `xlb capture` through its pin.
+/// A ring buffer: one shared, ordered stream without per-CPU buffers to merge.
+#[btf_map]
+pub static CAPTURE_RING: RingBuf<u8, { CAPTURE_RING_BYTES as usize }> = RingBuf::new();
+
+/// One record being assembled, per CPU (not pinned: it lives only within one packet's run).
+#[btf_map]
+pub static CAPTURE_SCRATCH: PerCpuArray<CaptureScratch, 1> = PerCpuArray::new();
+
+/// Capture records matched and lost to a full ring, per CPU.
+#[btf_map]
+pub static CAPTURE_STATS: PerCpuArray<CaptureCounters, 1> = PerCpuArray::new();
 
 /// Generator template (`xlb loadgen`).
 #[btf_map]
