@@ -75,6 +75,16 @@ pub enum Request {
         /// Explain a connection-opening SYN rather than a packet of an established flow.
         syn: bool,
     },
+    /// Turn capture on with this filter; answered with a session and a lease to renew.
+    CaptureStart {
+        filter: crate::capture::Filter,
+    },
+    CaptureRenew {
+        session: u32,
+    },
+    CaptureStop {
+        session: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

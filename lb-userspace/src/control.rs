@@ -82,6 +82,18 @@ pub async fn handle(e: &mut Engine, sampler: &Sampler, req: Request) -> Response
             protocol,
             syn,
         } => to(explain(e, src, dst, protocol, syn)),
+        Request::CaptureStart { filter } => match e.capture_start(filter) {
+            Ok(v) => to(v),
+            Err(m) => Response::err(m),
+        },
+        Request::CaptureRenew { session } => match e.capture_renew(session) {
+            Ok(()) => Response::ok(Value::Null),
+            Err(m) => Response::err(m),
+        },
+        Request::CaptureStop { session } => match e.capture_stop(session) {
+            Ok(v) => to(v),
+            Err(m) => Response::err(m),
+        },
         Request::Apply { config, now } => match parse_apply(e, &config) {
             Ok(cfg) => change(e, cfg, now).await,
             Err(m) => Response::err(m),

@@ -102,6 +102,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let dp = Dataplane::load(&LoadOptions {
         conntrack_entries: d.conntrack_entries,
         pin_dir: Some(d.pin_dir.clone()),
+        ..LoadOptions::default()
     })
     .context("loading the data plane")?;
     let adopted = dp.pin_state() == PinState::Adopted;
@@ -182,6 +183,10 @@ pub async fn run(opts: Options) -> Result<()> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&d.socket);
     let mut e = shared.engine.lock().await;
+    // A capture nobody will read any more must not keep costing the forwarder.
+    if let Some(l) = e.capture.as_ref().map(|l| l.session) {
+        let _ = e.capture_stop(l);
+    }
     if opts.detach {
         for iface in e.dp.attached() {
             let _ =
@@ -303,6 +308,7 @@ async fn housekeeping(shared: Arc<Shared>, refresh: Duration) {
         if let Err(err) = e.reap_removals() {
             warn!(error = %err, "finishing drained removals");
         }
+        e.capture_expire();
         drop(e);
         sync_probes(&shared).await;
         let mut e = shared.engine.lock().await;

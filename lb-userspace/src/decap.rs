@@ -26,6 +26,9 @@ fn load(pin_dir: &Path, iface: &str) -> Result<Dataplane> {
     Ok(Dataplane::load(&LoadOptions {
         conntrack_entries: DECAP_CONNTRACK,
         pin_dir: Some(dir_of(pin_dir, iface)),
+        // The forwarder is not needed here, and its verification is most of a load's time.
+        programs: &[lb_common::prog_names::DECAP],
+        ..LoadOptions::default()
     })?)
 }
 

@@ -164,6 +164,8 @@ pub struct Engine {
     pub started: Instant,
     pub applies: u64,
     pub ring_rebuilds: u64,
+    /// The running capture, if any (`xlb capture`).
+    pub capture: Option<crate::capture::Lease>,
 }
 
 fn unix_ms() -> u64 {
@@ -241,6 +243,7 @@ impl Engine {
             started: Instant::now(),
             applies: 0,
             ring_rebuilds: 0,
+            capture: None,
         })
     }
 
@@ -601,8 +604,11 @@ impl Engine {
             backends_draining: plan.draining,
             ..ApplyReport::default()
         };
-        let want_cfg = lb_config(new);
-        if want_cfg != lb_config(&self.cfg) || self.applies == 0 {
+        let mut want_cfg = lb_config(new);
+        want_cfg.flags |= self.extra_flags();
+        let mut had_cfg = lb_config(&self.cfg);
+        had_cfg.flags |= self.extra_flags();
+        if want_cfg != had_cfg || self.applies == 0 {
             self.dp.set_config(&want_cfg)?;
             r.map_writes += 1;
         }

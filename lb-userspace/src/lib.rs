@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -14,6 +15,7 @@ pub mod health;
 pub mod loadgen;
 pub mod metrics;
 pub mod nexthop;
+pub mod replay;
 pub mod view;
 
 /// The XDP object built from `lb-ebpf` by this crate's build script.

@@ -162,6 +162,7 @@ pub fn run(
             pin_cpu(t % ncpus());
             let mut dp = Dataplane::load(&LoadOptions {
                 conntrack_entries: 64,
+                programs: &[prog_names::LOADGEN],
                 ..LoadOptions::default()
             })?;
             {

@@ -113,6 +113,26 @@ enum Command {
         #[command(flatten)]
         o: OutputArg,
     },
+    /// Record what the forwarder does to packets (pcapng with the verdict and backend of each
+    /// packet as its comment, or one line per packet). Needs the daemon; see docs/operations.md.
+    Capture(CaptureArgs),
+    /// Run the packets of a pcap/pcapng file through the loaded forwarder's tables without
+    /// touching live traffic or state, and show what it would do with each.
+    Replay {
+        /// Capture file (pcap or pcapng, Ethernet frames).
+        file: PathBuf,
+        /// Write the output frames to this pcapng file.
+        #[arg(short = 'w', long = "write")]
+        write: Option<PathBuf>,
+        /// Print each output frame in hex.
+        #[arg(short = 'x', long)]
+        hex: bool,
+        /// The daemon's pin directory (default: asked from the daemon).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        #[command(flatten)]
+        o: OutputArg,
+    },
     /// Generate packets towards a VIP from this host (XDP live frames; see docs/loadgen.md).
     Loadgen(LoadgenArgs),
     /// Measure: per-packet cost, throughput against a trivial baseline, Maglev builds, memory.
@@ -191,6 +211,50 @@ struct LoadgenArgs {
     /// Generator threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    o: OutputArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FramesArg {
+    Received,
+    Sent,
+}
+
+#[derive(clap::Args)]
+struct CaptureArgs {
+    /// Only packets of this VIP (ADDRESS:PORT/PROTOCOL).
+    #[arg(long)]
+    vip: Option<xlb::config::VipRef>,
+    /// Only packets sent to this backend address.
+    #[arg(long)]
+    backend: Option<IpAddr>,
+    /// Only these outcomes (repeatable): forward, forwards, drops, passes, all, or a reason such
+    /// as drop_no_backend or pass_not_vip (`xlb stats` lists them).
+    #[arg(long = "outcome", value_name = "OUTCOME")]
+    outcomes: Vec<String>,
+    /// Keep one matching packet in N (sampling, decided in the forwarder).
+    #[arg(long, default_value_t = 1)]
+    sample: u32,
+    /// Frame bytes kept per packet (at most 2048; 0: all of that).
+    #[arg(long, default_value_t = 0)]
+    snaplen: u32,
+    /// Record frames as they arrived (replayable with `xlb replay`) or as the forwarder sent
+    /// them (encapsulated or MAC-rewritten).
+    #[arg(long, value_enum, default_value_t = FramesArg::Received)]
+    frames: FramesArg,
+    /// Write pcapng to this file (`-`: stdout, e.g. `| tcpdump -nr -`).
+    #[arg(short = 'w', long = "write")]
+    write: Option<PathBuf>,
+    /// Stop after this many packets.
+    #[arg(short = 'c', long)]
+    count: Option<u64>,
+    /// Stop before the output exceeds this size (e.g. 64M, 1G).
+    #[arg(long, default_value = "64M", value_parser = xlb::capture::client::parse_size)]
+    max_size: u64,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
     #[command(flatten)]
     o: OutputArg,
 }
@@ -299,6 +363,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Loadgen(a) => loadgen_cmd(a),
+        Command::Capture(a) => capture_cmd(&socket, a),
+        Command::Replay {
+            file,
+            write,
+            hex,
+            pin_dir,
+            o,
+        } => replay_cmd(&socket, file, write, hex, pin_dir, o),
         Command::Bench {
             json,
             no_throughput,
@@ -494,6 +566,74 @@ fn resolve_mac(dst: IpAddr, iface: &str) -> Result<[u8; 6]> {
         }
         Ok(nh.dst_mac)
     })
+}
+
+fn capture_cmd(socket: &std::path::Path, a: CaptureArgs) -> Result<()> {
+    use xlb::capture::{Filter, client};
+    let json = a.o.output == cli::Output::Json;
+    let opts = client::Options {
+        filter: Filter {
+            vip: a.vip,
+            backend: a.backend,
+            outcomes: a.outcomes,
+            sample: a.sample,
+            snaplen: a.snaplen,
+            output: a.frames == FramesArg::Sent,
+        },
+        write: a.write,
+        count: a.count,
+        max_bytes: a.max_size,
+        duration: a
+            .duration
+            .map(|d| std::time::Duration::from_secs_f64(d.max(0.0))),
+        json,
+    };
+    let r = client::run(socket, &opts).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "{} packets captured ({} bytes), {} matched in the forwarder, {} lost to a full ring; ended by {}",
+        r.captured, r.bytes, r.matched, r.lost, r.ended_by
+    );
+    Ok(())
+}
+
+fn replay_cmd(
+    socket: &std::path::Path,
+    file: PathBuf,
+    write: Option<PathBuf>,
+    hex: bool,
+    pin_dir: Option<PathBuf>,
+    o: OutputArg,
+) -> Result<()> {
+    let status = xlb::api::call(socket, xlb::api::Request::Status).ok();
+    let from_daemon = |k: &str| status.as_ref().and_then(|s| s.get(k).cloned());
+    let pin_dir = match pin_dir {
+        Some(p) => p,
+        None => from_daemon("pin_dir")
+            .and_then(|v| v.as_str().map(PathBuf::from))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the daemon is not reachable to ask its pin directory: give --pin-dir"
+                )
+            })?,
+    };
+    let live_program = from_daemon("forward_program_id")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as u32)
+        .filter(|id| *id != 0);
+    let r = xlb::replay::replay(&xlb::replay::Options {
+        file,
+        pin_dir,
+        write,
+        hex,
+        live_program,
+    })
+    .map_err(anyhow::Error::msg)?;
+    if o.output == cli::Output::Json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", xlb::replay::render(&r, hex));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

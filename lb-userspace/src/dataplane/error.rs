@@ -36,6 +36,8 @@ pub enum DataplaneError {
     Map(#[from] MapError),
     #[error("devmap update failed: {0}")]
     DevMap(#[from] XdpMapError),
+    #[error("nothing pinned at {0}: is the xlb daemon running, and is this its pin_dir?")]
+    NothingPinned(String),
     #[error("ring of {0} entries is too large")]
     RingTooLarge(usize),
     #[error(transparent)]

@@ -15,12 +15,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{
         Array, ArrayOfMaps, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap,
+        RingBuf,
     },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 pub use error::{AdoptError, DataplaneError};
 use lb_common::{
-    Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta, map_names as names,
+    Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta,
+    capture::{CaptureConfig, CaptureCounters},
+    map_names as names,
     stats::{BackendStats, Counter, REASON_COUNT, Reason, VipStats},
 };
 pub use pin::PinState;
@@ -37,13 +40,25 @@ pub struct LoadOptions {
     /// Pin the maps here (bpffs) and adopt those already pinned; `None`: private maps that go
     /// away with this process.
     pub pin_dir: Option<PathBuf>,
+    /// Use the forwarding tables the daemon pinned in this directory (read only: the forwarder
+    /// never writes them) and private maps for everything it writes: conntrack, counters,
+    /// capture. What `xlb replay` runs packets through. Exclusive with `pin_dir`.
+    pub share_tables_from: Option<PathBuf>,
+    /// Programs to load (default: all); the others stay unloaded.
+    pub programs: &'static [&'static str],
 }
+
+/// The maps `share_tables_from` shares: what the forwarder reads and never writes.
+pub const READ_ONLY_TABLES: &[&str] =
+    &[names::VIPS, names::RINGS, names::BACKENDS, names::TX_PORTS];
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             conntrack_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
             pin_dir: None,
+            share_tables_from: None,
+            programs: lb_common::prog_names::ALL,
         }
     }
 }
@@ -103,6 +118,19 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        if let Some(dir) = &opts.share_tables_from {
+            if pin::check(dir)? != PinState::Adopted {
+                return Err(DataplaneError::NothingPinned(dir.display().to_string()));
+            }
+            for &name in READ_ONLY_TABLES {
+                let path = dir.join(name);
+                // The loader pins a map it creates at a missing path: never in the live directory.
+                if !path.exists() {
+                    return Err(DataplaneError::NothingPinned(path.display().to_string()));
+                }
+                loader.map_pin_path(name, path);
+            }
+        }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         if let Some(dir) = &opts.pin_dir {
             pin::stamp(dir)?;
@@ -112,7 +140,7 @@ impl Dataplane {
                 return Err(DataplaneError::MissingMap(name));
             }
         }
-        for &name in lb_common::prog_names::ALL {
+        for &name in opts.programs {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingProgram(name))?
@@ -192,6 +220,40 @@ impl Dataplane {
         let mut m: BpfHashMap<_, VipKey, VipMeta> =
             BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
         Ok(m.remove(key)?)
+    }
+
+    /// Publish the capture filter (before `CFG_F_CAPTURE` is set).
+    pub fn set_capture(&mut self, c: &CaptureConfig) -> Result<(), DataplaneError> {
+        let mut a: Array<_, CaptureConfig> = Array::try_from(self.map_mut(names::CAPTURE)?)?;
+        Ok(a.set(0, c, 0)?)
+    }
+
+    /// Capture counters summed over CPUs.
+    pub fn capture_counters(&self) -> Result<CaptureCounters, DataplaneError> {
+        let a: PerCpuArray<_, CaptureCounters> =
+            PerCpuArray::try_from(self.map(names::CAPTURE_STATS)?)?;
+        let mut sum = CaptureCounters::default();
+        for v in a.get(&0, 0)?.iter() {
+            sum.matched += v.matched;
+            sum.lost += v.lost;
+        }
+        Ok(sum)
+    }
+
+    /// This instance's capture ring (replay reads its own; `xlb capture` opens the pin).
+    pub fn capture_ring(&mut self) -> Result<RingBuf<&mut MapData>, DataplaneError> {
+        Ok(RingBuf::try_from(self.map_mut(names::CAPTURE_RING)?)?)
+    }
+
+    pub fn config(&self) -> Result<LbConfig, DataplaneError> {
+        let a: Array<_, LbConfig> = Array::try_from(self.map(names::CONFIG)?)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    /// Every VIP with its metadata.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
+        let m: BpfHashMap<_, VipKey, VipMeta> = BpfHashMap::try_from(self.map(names::VIPS)?)?;
+        Ok(m.iter().collect::<Result<_, _>>()?)
     }
 
     /// Every key of the VIPS map.

@@ -1,0 +1,213 @@
+//! `xlb capture`: start a capture through the daemon, read the pinned ring until a bound is hit
+//! (count, bytes, time) or the operator interrupts, write pcapng or print one line per packet,
+//! and stop the capture, renewing its lease meanwhile.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{Map, MapData, RingBuf};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use super::{
+    Filter, Started, Stopped,
+    pcap::NgWriter,
+    record::{Clock, Names, Record, Summary},
+};
+use crate::api::{self, Request};
+
+pub struct Options {
+    pub filter: Filter,
+    /// pcapng output; `-` is stdout (for `| tcpdump -r -`). None: print a line per packet.
+    pub write: Option<PathBuf>,
+    pub count: Option<u64>,
+    /// Stop before the output would exceed this many bytes.
+    pub max_bytes: u64,
+    pub duration: Option<Duration>,
+    /// JSON lines instead of text lines (without `write`).
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Packets written or printed.
+    pub captured: u64,
+    /// Output bytes (pcapng file size, or frame bytes when printing).
+    pub bytes: u64,
+    /// What the forwarder matched and lost to a full ring meanwhile.
+    pub matched: u64,
+    pub lost: u64,
+    /// Why the capture ended: count, bytes, duration or interrupt.
+    pub ended_by: &'static str,
+}
+
+pub fn run(socket: &Path, o: &Options) -> Result<Report, String> {
+    let started: Started = serde_json::from_value(api::call(
+        socket,
+        Request::CaptureStart {
+            filter: o.filter.clone(),
+        },
+    )?)
+    .map_err(|e| format!("the daemon answered something unreadable: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = rt.block_on(read(socket, &started, o));
+    // Stop even when reading failed: the lease would expire anyway, but at once is better.
+    let stopped = api::call(
+        socket,
+        Request::CaptureStop {
+            session: started.session,
+        },
+    )
+    .and_then(|v| serde_json::from_value::<Stopped>(v).map_err(|e| e.to_string()));
+    let mut report = result?;
+    let stopped = stopped?;
+    report.matched = stopped.matched;
+    report.lost = stopped.lost;
+    Ok(report)
+}
+
+async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String> {
+    let data = MapData::from_pin(&s.ring).map_err(|e| format!("{}: {e}", s.ring.display()))?;
+    let map = Map::from_map_data(data).map_err(|e| e.to_string())?;
+    let ring = RingBuf::try_from(map).map_err(|e| e.to_string())?;
+    // SAFETY: the ring owns its fd and keeps it open, unchanged, until it is dropped with the
+    // AsyncFd that owns it.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| format!("watching the capture ring: {e}"))?;
+    let names = Names::from_pins(&s.pin_dir).unwrap_or_default();
+    let clock = Clock::now();
+    let mut writer = match &o.write {
+        None => None,
+        Some(p) => {
+            let out: Box<dyn Write> = if p.as_os_str() == "-" {
+                Box::new(std::io::stdout().lock())
+            } else {
+                let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                Box::new(std::io::BufWriter::new(f))
+            };
+            let snap = if o.filter.snaplen == 0 {
+                lb_common::capture::CAPTURE_SNAPLEN_MAX
+            } else {
+                o.filter.snaplen
+            };
+            Some(NgWriter::new(out, snap, "xlb")?)
+        }
+    };
+    let mut report = Report::default();
+    let mut renew = tokio::time::interval(
+        Duration::from_millis(s.lease_ms / 4).max(Duration::from_millis(100)),
+    );
+    let deadline = o.duration.map(|d| tokio::time::Instant::now() + d);
+    let until = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    let mut out = std::io::stdout().lock();
+    'outer: loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard.map_err(|e| e.to_string())?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    let Some(r) = Record::decode(&item) else { continue };
+                    drop(item);
+                    if r.hdr.session != s.session {
+                        continue; // left over from an earlier capture
+                    }
+                    let sum = Summary::of(&r.hdr, &names, &clock);
+                    match &mut writer {
+                        Some(w) => {
+                            let before = w.bytes;
+                            // pcapng block overhead is about 32 bytes plus the comment.
+                            if before + r.data.len() as u64 + 256 > o.max_bytes {
+                                report.ended_by = "bytes";
+                                break 'outer;
+                            }
+                            w.write(clock.wall(r.hdr.ktime_ns), r.hdr.len, &r.data, sum.comment())?;
+                            report.bytes = w.bytes;
+                        }
+                        None => {
+                            if report.bytes + r.data.len() as u64 > o.max_bytes {
+                                report.ended_by = "bytes";
+                                break 'outer;
+                            }
+                            let line = if o.json {
+                                serde_json::to_string(&sum).map_err(|e| e.to_string())?
+                            } else {
+                                sum.line()
+                            };
+                            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+                            report.bytes += r.data.len() as u64;
+                        }
+                    }
+                    report.captured += 1;
+                    if o.count.is_some_and(|c| report.captured >= c) {
+                        report.ended_by = "count";
+                        break 'outer;
+                    }
+                }
+                guard.clear_ready();
+                if let Some(w) = &mut writer {
+                    w.flush()?;
+                }
+            }
+            _ = renew.tick() => {
+                api::call(socket, Request::CaptureRenew { session: s.session })?;
+            }
+            _ = &mut until => {
+                report.ended_by = "duration";
+                break;
+            }
+            _ = &mut interrupt => {
+                report.ended_by = "interrupt";
+                break;
+            }
+        }
+    }
+    if let Some(w) = &mut writer {
+        w.flush()?;
+    }
+    Ok(report)
+}
+
+/// `64M`, `2G`, `500k` or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: expected a size such as 64M, 500k or 1048576"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("500k"), Ok(500 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+}
