@@ -638,9 +638,91 @@ fn replay_cmd(
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
+    use clap::{CommandFactory as _, Parser as _};
 
     use super::Cli;
+
+    /// The `xlb ...` lines of the shell blocks of a markdown text (continuations joined).
+    fn doc_commands(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut in_block = false;
+        let mut pending = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with("```") {
+                in_block = !in_block;
+                continue;
+            }
+            if !in_block {
+                continue;
+            }
+            if !pending.is_empty() || t.starts_with("xlb ") {
+                pending += t.trim_end_matches('\\');
+                pending.push(' ');
+                if !t.ends_with('\\') {
+                    out.push(std::mem::take(&mut pending));
+                }
+            }
+        }
+        out
+    }
+
+    /// A documented command line as arguments: up to a comment, pipe or redirection, without
+    /// optional `[...]` groups, with the first of `a|b` alternatives.
+    fn doc_args(cmd: &str) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut depth = 0i32;
+        for w in cmd.split_whitespace() {
+            if w.starts_with('#') || ["|", ">", "<", "&&", ";"].contains(&w) {
+                break;
+            }
+            let optional = w.starts_with('[')
+                && w[1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c == '-' || c.is_ascii_uppercase());
+            if depth > 0 || optional {
+                depth += w.matches('[').count() as i32 - w.matches(']').count() as i32;
+                continue;
+            }
+            args.push(w.split('|').next().unwrap_or(w).to_string());
+        }
+        args
+    }
+
+    /// Every command the README and docs/ show parses with this CLI: the documentation cannot
+    /// drift from the commands it teaches.
+    #[test]
+    fn documented_commands_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("README.md")];
+        for e in std::fs::read_dir(root.join("docs")).expect("docs/") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "md") {
+                files.push(p);
+            }
+        }
+        let mut checked = 0;
+        for f in &files {
+            let text = std::fs::read_to_string(f).expect("readable doc");
+            for cmd in doc_commands(&text) {
+                let args = doc_args(&cmd);
+                if let Err(e) = Cli::try_parse_from(&args) {
+                    panic!("{}: `{}` does not parse: {e}", f.display(), cmd.trim());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 40, "only {checked} documented commands found");
+        assert_eq!(
+            doc_args("xlb stats [--watch [SECS]] --x # c"),
+            ["xlb", "stats", "--x"]
+        );
+        assert_eq!(
+            doc_args("xlb backend drain|undrain [2001:db8::1]:80/tcp a | b"),
+            ["xlb", "backend", "drain", "[2001:db8::1]:80/tcp", "a"]
+        );
+    }
 
     #[test]
     fn the_cli_is_consistent_and_completes() {

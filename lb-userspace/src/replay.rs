@@ -47,7 +47,7 @@ pub struct Replayed {
     /// `failover` (tracked on a down backend, re-picked), `stateless` (ring, no conntrack).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pick: Option<&'static str>,
-    /// The flow's entry came from the live conntrack.
+    /// The backend came from the flow's entry in the live conntrack (copied in for the replay).
     pub live_entry: bool,
     pub output_len: usize,
     #[serde(skip)]
@@ -155,6 +155,8 @@ impl Replayer {
             }),
             _ => None,
         };
+        // A SYN or a stateless VIP ignores the entry: only a tracked pick used it.
+        let live_entry = live_entry && matches!(pick, Some("tracked" | "failover"));
         let s = Summary::of(&rec.hdr, &self.names, &Clock::now());
         Ok(Replayed {
             packet,

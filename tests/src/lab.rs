@@ -227,6 +227,41 @@ name = "lc"
             .expect("run xlb")
     }
 
+    /// Run `xlb capture ARGS` against this lab's daemon, calling `traffic` until it ends (it
+    /// must end within 20 s); returns its stdout and stderr, after asserting success.
+    pub fn capture_while(&self, args: &[&str], mut traffic: impl FnMut()) -> (String, String) {
+        let mut child = Command::new(xlb_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("capture")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("xlb capture");
+        let t0 = Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("xlb capture {} did not end\n{}", args.join(" "), self.log());
+            }
+            traffic();
+        }
+        let out = child.wait_with_output().expect("capture output");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "xlb capture {} failed: {stderr}\n{}",
+            args.join(" "),
+            self.log()
+        );
+        (stdout, stderr)
+    }
+
     /// Like `xlb`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.xlb(args);

@@ -338,40 +338,18 @@ fn word<'a>(comment: &'a str, key: &str) -> Option<&'a str> {
 
 /// Run `xlb capture ARGS PATH` while the client makes connections; returns its stderr.
 fn run_capture_under_traffic(lab: &Lab, args: &[&str], path: &std::path::Path) -> String {
-    let mut child = std::process::Command::new(tests::lab::xlb_bin())
-        .arg("--socket")
-        .arg(&lab.socket)
-        .arg("capture")
-        .args(["--duration", "30"])
-        .args(args)
-        .arg(path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("xlb capture");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "capture did not end"
-        );
+    let path = path.display().to_string();
+    let mut all = vec!["--duration", "30"];
+    all.extend_from_slice(args);
+    all.push(&path);
+    lab.capture_while(&all, || {
         lab.net
             .client
             .spawn(|| tests::topo::tcp_request(b"hello").expect("request"))
             .join()
             .expect("client");
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("stderr");
-    assert!(status.success(), "capture failed: {err}\n{}", lab.log());
-    err
+    })
+    .1
 }
 
 #[test]
@@ -441,11 +419,8 @@ fn capture_cli_writes_pcapng_of_real_traffic_and_honours_its_bounds() {
 
     // The first capture has ended, so a second may start: passes only, as JSON lines. A SYN to
     // the LB's own address is not for a VIP.
-    let mut child = std::process::Command::new(tests::lab::xlb_bin())
-        .arg("--socket")
-        .arg(&lab.socket)
-        .args([
-            "capture",
+    let (out, _) = lab.capture_while(
+        &[
             "--outcome",
             "passes",
             "-c",
@@ -454,37 +429,23 @@ fn capture_cli_writes_pcapng_of_real_traffic_and_honours_its_bounds() {
             "20",
             "-o",
             "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("xlb capture");
-    let t0 = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "capture did not end"
-        );
-        lab.net
-            .client
-            .spawn(|| {
-                let _ = TcpStream::connect_timeout(
-                    &"10.0.1.1:9".parse().expect("addr"),
-                    Duration::from_millis(200),
-                );
-                // VIP traffic meanwhile must not show up.
-                let _ = tests::topo::tcp_request(b"x");
-            })
-            .join()
-            .expect("client");
-    }
-    let out = child.wait_with_output().expect("output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        || {
+            lab.net
+                .client
+                .spawn(|| {
+                    let _ = TcpStream::connect_timeout(
+                        &"10.0.1.1:9".parse().expect("addr"),
+                        Duration::from_millis(200),
+                    );
+                    // VIP traffic meanwhile must not show up.
+                    let _ = tests::topo::tcp_request(b"x");
+                })
+                .join()
+                .expect("client");
+        },
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
@@ -663,6 +624,7 @@ fn replay_says_what_the_forwarder_would_do_without_touching_live_state() {
     assert_eq!(p[0]["live_entry"], true);
     // 2: a SYN on that tuple opens a new connection: the ring, never the drained backend.
     assert_eq!(p[1]["pick"], "new");
+    assert_eq!(p[1]["live_entry"], false, "a SYN does not use the entry");
     assert_ne!(p[1]["backend"], live_backend.as_str());
     // 3 and 4: a new flow goes where `xlb explain` says, then stays there (replay's own state).
     assert_eq!(p[2]["backend"], explain["backend"], "{} vs {explain}", p[2]);

@@ -49,11 +49,20 @@ fn request(tcp: bool) -> std::io::Result<String> {
 }
 
 fn traffic(lab: &Lab, tcp: bool) -> BTreeMap<String, usize> {
+    traffic_of(lab, tcp, CONNECTIONS)
+}
+
+/// `n` TCP connections.
+fn traffic_n(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
+    traffic_of(lab, true, n)
+}
+
+fn traffic_of(lab: &Lab, tcp: bool, n: usize) -> BTreeMap<String, usize> {
     lab.net
         .client
         .spawn(move || {
             let mut seen = BTreeMap::new();
-            for _ in 0..CONNECTIONS {
+            for _ in 0..n {
                 let who = request(tcp).unwrap_or_else(|e| format!("error: {e}"));
                 *seen.entry(who).or_insert(0) += 1;
             }
@@ -147,6 +156,33 @@ fn main() {
 
     show(&lab, &["backend", "list", &tcp_vip]);
     show(&lab, &["stats"]);
+
+    println!(
+        "\n5. `xlb capture`: packets of the TCP VIP as the forwarder received them, with its verdict"
+    );
+    let pcap = lab.dir.join("vip.pcapng").display().to_string();
+    let capture = [
+        "--vip",
+        &tcp_vip,
+        "-c",
+        "8",
+        "--duration",
+        "20",
+        "-w",
+        &pcap,
+    ];
+    println!("\n  $ xlb capture {}", capture.join(" "));
+    let (_, summary) = lab.capture_while(&capture, || {
+        let _ = traffic_n(&lab, 1);
+    });
+    print!("    {summary}");
+    println!(
+        "\n6. `xlb replay` runs those packets through the live tables without touching live state;\n   then again after backend-1 is drained: a connection that opened there would now open elsewhere"
+    );
+    show(&lab, &["replay", &pcap]);
+    lab.ok(&["backend", "drain", &tcp_vip, &b1]);
+    show(&lab, &["replay", &pcap]);
+    lab.ok(&["backend", "undrain", &tcp_vip, &b1]);
     show(
         &lab,
         &[
