@@ -412,6 +412,9 @@ pub fn status(socket: &Path, o: OutputArg) -> Result<()> {
     if !s.below_quorum.is_empty() {
         println!("below quorum: {}", s.below_quorum.join(", "));
     }
+    if let Some(c) = &s.capture {
+        println!("capture running: {c}");
+    }
     println!(
         "conntrack capacity {} flows/CPU; {} applies, {} ring rebuilds",
         s.conntrack_capacity, s.applies, s.ring_rebuilds

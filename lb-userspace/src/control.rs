@@ -247,6 +247,7 @@ fn status(e: &mut Engine) -> StatusView {
         backends_removing: removing,
         backends_unresolved: unresolved,
         conntrack_capacity: e.dp.conntrack_capacity().unwrap_or(0),
+        capture: e.capture.as_ref().map(|l| l.describe()),
         applies: e.applies,
         ring_rebuilds: e.ring_rebuilds,
     }

@@ -27,6 +27,9 @@ pub struct StatusView {
     pub conntrack_capacity: u32,
     pub applies: u64,
     pub ring_rebuilds: u64,
+    /// The running capture (`xlb capture`): it costs the forwarder a copy per packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

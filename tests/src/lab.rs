@@ -228,8 +228,9 @@ name = "lc"
     }
 
     /// Run `xlb capture ARGS` against this lab's daemon, calling `traffic` until it ends (it
-    /// must end within 20 s); returns its stdout and stderr, after asserting success.
-    pub fn capture_while(&self, args: &[&str], mut traffic: impl FnMut()) -> (String, String) {
+    /// must end within 20 s); returns its stdout (bytes: it may be pcapng) and stderr, after
+    /// asserting success.
+    pub fn capture_while(&self, args: &[&str], mut traffic: impl FnMut()) -> (Vec<u8>, String) {
         let mut child = Command::new(xlb_bin())
             .arg("--socket")
             .arg(&self.socket)
@@ -250,7 +251,7 @@ name = "lc"
         }
         let out = child.wait_with_output().expect("capture output");
         let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.stdout,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         );
         assert!(

@@ -396,6 +396,35 @@ fn capture_cli_writes_pcapng_of_real_traffic_and_honours_its_bounds() {
         assert_eq!(f.orig_len as usize, f.data.len());
     }
 
+    // libpcap reads it too, with the right clock (nanosecond stamps declared per interface).
+    let out = std::process::Command::new("tcpdump")
+        .args(["-nn", "-tt", "-r"])
+        .arg(&pcap)
+        .output()
+        .expect("tcpdump (installed by cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 30, "{text}");
+    for l in &lines {
+        let t: f64 = l
+            .split_whitespace()
+            .next()
+            .expect("time")
+            .parse()
+            .expect("seconds");
+        assert!((now - t).abs() < 120.0, "stamp {t} vs now {now}: {l}");
+        assert!(l.contains("> 10.100.0.1.8080"), "{l}");
+    }
+
     // Replaying what was captured gives the same answers, packet for packet.
     let r = lab.json(&["replay", &pcap.display().to_string()]);
     let replayed: Vec<String> = r["packets"]
@@ -405,6 +434,21 @@ fn capture_cli_writes_pcapng_of_real_traffic_and_honours_its_bounds() {
         .map(|p| p["backend"].as_str().expect("forwarded").to_string())
         .collect();
     assert_eq!(replayed, captured_backends);
+
+    // pcapng on stdout, for `| tcpdump -nr -`.
+    let (stdout, _) = lab.capture_while(
+        &["--vip", TCP_VIP, "-c", "4", "--duration", "20", "-w", "-"],
+        || {
+            lab.net
+                .client
+                .spawn(|| tests::topo::tcp_request(b"hello").expect("request"))
+                .join()
+                .expect("client");
+        },
+    );
+    let piped = lab.dir.join("piped.pcapng");
+    std::fs::write(&piped, &stdout).expect("write");
+    assert_eq!(read_frames(&piped).expect("pcapng on stdout").len(), 4);
 
     // Frames as sent: IPIP to the backend named in the comment.
     let sent = lab.dir.join("sent.pcapng");
@@ -445,7 +489,8 @@ fn capture_cli_writes_pcapng_of_real_traffic_and_honours_its_bounds() {
                 .expect("client");
         },
     );
-    let lines: Vec<serde_json::Value> = out
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .expect("text")
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
@@ -498,6 +543,13 @@ fn a_capture_whose_client_vanished_expires_and_capture_goes_off() {
         0,
         "capture on in the forwarder"
     );
+    let status = lab.json(&["status"]);
+    assert!(
+        status["capture"]
+            .as_str()
+            .is_some_and(|c| c.contains("frames as received")),
+        "status shows the capture: {status}"
+    );
     let e = start().expect_err("one capture at a time");
     assert!(e.contains("already running"), "{e}");
     // Nobody renews: the lease (5 s) runs out and the daemon turns capture off.
@@ -511,6 +563,7 @@ fn a_capture_whose_client_vanished_expires_and_capture_goes_off() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let took = t0.elapsed();
+    assert!(lab.json(&["status"])["capture"].is_null());
     assert!(took > Duration::from_secs(3), "expired too early: {took:?}");
     let session = first["session"].as_u64().expect("session") as u32;
     let e = xlb::api::call(&lab.socket, Request::CaptureRenew { session }).expect_err("gone");

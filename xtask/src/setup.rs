@@ -11,7 +11,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cmd, cmd_ok, cmd_stdout, ebpf_toolchain};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool"];
+/// tcpdump: an independent reader of what `xlb capture` writes (capture tests).
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "tcpdump"];
 
 pub fn run() -> Result<()> {
     let toolchain = ebpf_toolchain()?;

@@ -96,6 +96,32 @@ pub struct Lease {
     base: CaptureCounters,
 }
 
+impl Lease {
+    /// One line for `xlb status`.
+    pub fn describe(&self) -> String {
+        let f = &self.filter;
+        let mut d = format!("session {}", self.session);
+        if let Some(v) = &f.vip {
+            d += &format!(", vip {v}");
+        }
+        if let Some(b) = &f.backend {
+            d += &format!(", backend {b}");
+        }
+        if !f.outcomes.is_empty() {
+            d += &format!(", outcomes {}", f.outcomes.join(","));
+        }
+        if f.sample > 1 {
+            d += &format!(", 1 in {}", f.sample);
+        }
+        d += if f.output {
+            ", frames as sent"
+        } else {
+            ", frames as received"
+        };
+        d
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Started {
     pub session: u32,
