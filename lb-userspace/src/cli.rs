@@ -36,6 +36,7 @@ pub struct OutputArg {
 pub enum VipCmd {
     /// Add a VIP (ADDRESS:PORT/PROTOCOL; port 0 = every port of the address).
     Add {
+        /// ADDRESS:PORT/PROTOCOL, e.g. 198.51.100.1:80/tcp or [2001:db8::1]:443/tcp.
         vip: VipRef,
         /// What a flow is hashed on.
         #[arg(long, value_enum, default_value_t = HashArg::FiveTuple)]
@@ -51,7 +52,10 @@ pub enum VipCmd {
         ring_size: Option<u32>,
     },
     /// Remove a VIP: its packets pass to the kernel from then on.
-    Remove { vip: VipRef },
+    Remove {
+        /// ADDRESS:PORT/PROTOCOL of the VIP.
+        vip: VipRef,
+    },
     /// List VIPs.
     List {
         #[command(flatten)]
@@ -61,16 +65,23 @@ pub enum VipCmd {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum HashArg {
+    /// Addresses, ports and protocol: each connection on its own.
     FiveTuple,
+    /// Source address only: all of a client's connections on one backend (affinity).
     SrcIp,
+    /// Source and destination address and protocol, no ports.
     SrcDstIp,
+    /// Source address and destination port (affinity per service on a port-0 VIP).
     SrcIpDstPort,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum FwdArg {
+    /// IP-in-IP (IPv6-in-IPv6, 4in6, 6in4 by the backend's family).
     Ipip,
+    /// GUE (IP in UDP): crosses families, spreads over the backends' RSS queues.
     Gue,
+    /// L2 direct server return: only the destination MAC is rewritten (same segment).
     L2,
 }
 
@@ -78,7 +89,9 @@ pub enum FwdArg {
 pub enum BackendCmd {
     /// Add a backend to a VIP.
     Add {
+        /// The VIP as ADDRESS:PORT/PROTOCOL, e.g. 198.51.100.1:80/tcp.
         vip: VipRef,
+        /// The backend's address.
         address: IpAddr,
         /// Relative share of new flows.
         #[arg(long, default_value_t = 1)]
@@ -90,23 +103,40 @@ pub enum BackendCmd {
     /// Remove a backend. It is drained first (tracked flows continue until idle or the drain
     /// timeout) unless --now, which re-picks its flows immediately.
     Remove {
+        /// The VIP as ADDRESS:PORT/PROTOCOL, e.g. 198.51.100.1:80/tcp.
         vip: VipRef,
+        /// The backend's address.
         address: IpAddr,
+        /// Remove at once: mark it down so its tracked flows are re-picked on their next packet.
         #[arg(long)]
         now: bool,
     },
     /// Stop sending new flows to a backend; its tracked flows continue.
-    Drain { vip: VipRef, address: IpAddr },
+    Drain {
+        /// The VIP as ADDRESS:PORT/PROTOCOL, e.g. 198.51.100.1:80/tcp.
+        vip: VipRef,
+        /// The backend's address.
+        address: IpAddr,
+    },
     /// Let a drained backend take new flows again.
-    Undrain { vip: VipRef, address: IpAddr },
+    Undrain {
+        /// The VIP as ADDRESS:PORT/PROTOCOL, e.g. 198.51.100.1:80/tcp.
+        vip: VipRef,
+        /// The backend's address.
+        address: IpAddr,
+    },
     /// Change a backend's weight (0 takes no new flows).
     SetWeight {
+        /// The VIP as ADDRESS:PORT/PROTOCOL, e.g. 198.51.100.1:80/tcp.
         vip: VipRef,
+        /// The backend's address.
         address: IpAddr,
+        /// New weight: a relative share of new flows (0: none, like drain).
         weight: u32,
     },
     /// List backends with state, ring share, next hop and counters.
     List {
+        /// Only this VIP's backends (default: every VIP's).
         vip: Option<VipRef>,
         #[command(flatten)]
         o: OutputArg,
@@ -118,7 +148,10 @@ pub enum ConfigCmd {
     /// Print the running configuration as TOML (accepted back by `xlb apply -f`).
     Export,
     /// Validate a configuration file without a daemon.
-    Check { file: PathBuf },
+    Check {
+        /// The TOML file; every error is reported with its place.
+        file: PathBuf,
+    },
 }
 
 fn call(socket: &Path, r: Request) -> Result<Value> {

@@ -37,7 +37,9 @@ enum LogFormat {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
+    /// In the driver, before an skb exists: the fast one.
     Native,
+    /// After the stack builds an skb: works everywhere, much slower.
     Generic,
 }
 
@@ -71,6 +73,7 @@ enum Command {
     /// Replace the running configuration with a file (`-` for stdin); the change is diffed and
     /// applied as the minimal set of map updates.
     Apply {
+        /// The configuration file (TOML, as `config export` prints it); `-` reads stdin.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// Remove vanished backends at once instead of draining them.
@@ -95,7 +98,9 @@ enum Command {
     },
     /// Tracked flows (from the conntrack maps), optionally of one VIP.
     Flows {
+        /// Only flows of this VIP (ADDRESS:PORT/PROTOCOL).
         vip: Option<xlb::config::VipRef>,
+        /// Most flows to list.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
         #[command(flatten)]
@@ -149,6 +154,7 @@ enum Command {
         /// Per-packet: batches of runs (min and median are over batch means).
         #[arg(long, default_value_t = 15)]
         batches: usize,
+        /// Per-packet: BPF_PROG_TEST_RUN calls per batch.
         #[arg(long, default_value_t = 2000)]
         runs_per_batch: usize,
     },
@@ -159,6 +165,7 @@ enum Command {
     Check,
     /// Print a shell completion script (e.g. `xlb completions bash > /etc/bash_completion.d/xlb`).
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -197,6 +204,7 @@ struct LoadgenArgs {
     /// Frame size in bytes without FCS (minimum 60).
     #[arg(long, default_value_t = 64)]
     size: usize,
+    /// What each frame is.
     #[arg(long, value_enum, default_value_t = GenKind::Udp)]
     kind: GenKind,
     /// Packets per second over all threads (default: as fast as possible).
@@ -217,7 +225,9 @@ struct LoadgenArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FramesArg {
+    /// As they arrived (replayable with `xlb replay`).
     Received,
+    /// As the forwarder sent them: encapsulated or MAC-rewritten.
     Sent,
 }
 
@@ -263,6 +273,7 @@ struct CaptureArgs {
 enum DecapCmd {
     /// Attach (or update) the decap program; it stays attached after this command exits.
     Attach {
+        /// The backend's interface that receives the tunnelled packets.
         iface: String,
         /// Tunnel endpoint address of this host (repeatable; default: the interface's addresses).
         #[arg(long = "address")]
@@ -270,20 +281,26 @@ enum DecapCmd {
         /// GUE destination port.
         #[arg(long, default_value_t = lb_common::GUE_PORT_DEFAULT)]
         gue_port: u16,
+        /// XDP mode: native (in the driver) or generic (after the stack builds an skb; slow).
         #[arg(long, value_enum, default_value_t = ModeArg::Native)]
         mode: ModeArg,
+        /// Where the link and maps are pinned (bpffs), one directory per interface.
         #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
     /// Detach the decap program and remove its pins.
     Detach {
+        /// The interface to detach from.
         iface: String,
+        /// Where `attach` pinned it.
         #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
     /// Addresses and counters of the decap program on an interface.
     Status {
+        /// The interface to report on.
         iface: String,
+        /// Where `attach` pinned it.
         #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         #[command(flatten)]
@@ -688,6 +705,29 @@ mod tests {
             args.push(w.split('|').next().unwrap_or(w).to_string());
         }
         args
+    }
+
+    /// Every subcommand and every option says what it is for in `--help`.
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != " xlb" {
+                missing.push(path.clone());
+            }
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.get_help().is_none() && !["help", "version"].contains(&id) {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 
     /// Every command the README and docs/ show parses with this CLI: the documentation cannot
