@@ -11,6 +11,10 @@ const TOOLCHAIN: &str = include_str!("../lb-ebpf/TOOLCHAIN");
 fn main() {
     println!("cargo:rerun-if-env-changed=XLB_SKIP_EBPF");
     println!("cargo:rerun-if-changed=../lb-ebpf/TOOLCHAIN");
+    // aya-build watches lb-ebpf itself; the kernel side also compiles lb-common (types and the
+    // forwarding decision), so a change there must rebuild the object too.
+    println!("cargo:rerun-if-changed=../lb-common/src");
+    println!("cargo:rerun-if-changed=../lb-common/Cargo.toml");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("lb-ebpf");
 

@@ -129,9 +129,14 @@ pub fn outcome_name(outcome: u32) -> &'static str {
 
 impl CaptureConfig {
     /// Whether capture is on at all: the only cost the forwarder pays when it is off.
+    ///
+    /// A volatile load each time it is asked: were the flags kept in a register from the first
+    /// test to the second, the verifier would carry "on" and "off" as distinct states through
+    /// the whole forwarder between them and verify it twice.
     #[inline(always)]
-    pub const fn enabled(cfg: &LbConfig) -> bool {
-        cfg.flags & CFG_F_CAPTURE != 0
+    pub fn enabled(cfg: &LbConfig) -> bool {
+        // SAFETY: a plain read of a field of a live reference.
+        unsafe { core::ptr::addr_of!(cfg.flags).read_volatile() & CFG_F_CAPTURE != 0 }
     }
 
     /// Whether a packet with this outcome, VIP and backend passes the filter (before sampling).
