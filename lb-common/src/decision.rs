@@ -102,6 +102,7 @@ pub fn decide<T: Tables>(
         && let Some(id) = t.tracked(&pkt.key)
     {
         match t.backend(id) {
+            Some(b) if !b.serves(vip.vip_id) => {} // a reused id: a new flow for this VIP
             Some(b) if !b.is_down() => {
                 return Ok(Decision {
                     backend_id: id,

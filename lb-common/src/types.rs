@@ -70,13 +70,28 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_F_*`.
     pub state: u8,
-    pub _pad: [u8; 2],
+    /// 1 + the id of the VIP this backend id belongs to; 0 (entries written before this field
+    /// existed): not checked. Ids are reused, so a flow tracked long ago can name an id that
+    /// now belongs to another VIP; the forwarder then re-picks it through its own VIP's ring.
+    pub vip: u16,
 }
 
 impl Backend {
     #[inline(always)]
     pub const fn is_down(&self) -> bool {
         self.state & crate::consts::BACKEND_F_DOWN != 0
+    }
+
+    /// `Backend::vip` for a backend of VIP `vip_id`.
+    #[inline(always)]
+    pub const fn vip_tag(vip_id: u32) -> u16 {
+        (vip_id + 1) as u16
+    }
+
+    /// Whether this entry may carry flows of VIP `vip_id`.
+    #[inline(always)]
+    pub const fn serves(&self, vip_id: u32) -> bool {
+        self.vip == 0 || self.vip == Self::vip_tag(vip_id)
     }
 }
 
@@ -140,6 +155,7 @@ const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipMeta>() == 12);
     assert!(core::mem::size_of::<Backend>() == 36);
+    assert!(crate::consts::MAX_VIPS < u16::MAX as u32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowState>() == 16);
     assert!(core::mem::size_of::<LbConfig>() == 40);

@@ -469,6 +469,11 @@ impl Engine {
                     },
                 }
             };
+            let vip_id = ids
+                .vips
+                .iter()
+                .find(|(r, _)| *r == m.vip)
+                .map(|(_, id)| *id);
             m.value = Backend {
                 addr: Addr::from(m.address),
                 dst_mac: nh.dst_mac,
@@ -476,7 +481,8 @@ impl Engine {
                 tx_port,
                 family: family_of(&m.address),
                 state: 0,
-                _pad: [0; 2],
+                // Every member's VIP has an id by now; 0 (unchecked) only if that ever broke.
+                vip: vip_id.map_or(0, Backend::vip_tag),
             };
         }
 

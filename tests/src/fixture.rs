@@ -70,7 +70,7 @@ impl Fixture {
             tx_port: 0,
             family: family_of(&ip),
             state: 0,
-            _pad: [0; 2],
+            vip: 0,
         };
         self.set_backend(id, b);
     }

@@ -211,7 +211,7 @@ impl Topology {
                     tx_port: slot,
                     family: FAMILY_V4,
                     state: 0,
-                    _pad: [0; 2],
+                    vip: 0,
                 },
             )
             .expect("backend");

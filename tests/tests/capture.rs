@@ -750,6 +750,37 @@ fn replay_says_what_the_forwarder_would_do_without_touching_live_state() {
         .expect("client");
     assert!(answer.ends_with(" 4"), "{answer}");
 
+    // Every backend entry the daemon wrote names its own VIP (the data path checks tracked ids
+    // against it).
+    let vip_ids: std::collections::HashMap<String, u64> = lab
+        .json(&["vip", "list"])
+        .as_array()
+        .expect("vips")
+        .iter()
+        .map(|v| {
+            (
+                v["vip"].as_str().expect("vip").to_string(),
+                v["id"].as_u64().expect("id"),
+            )
+        })
+        .collect();
+    let data = aya::maps::MapData::from_pin(lab.pin_dir.join("BACKENDS")).expect("BACKENDS");
+    let backends: aya::maps::Array<_, lb_common::Backend> =
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map"))
+            .expect("array");
+    let rows = lab.json(&["backend", "list"]);
+    for r in rows.as_array().expect("rows") {
+        let id = r["id"].as_u64().expect("id") as u32;
+        let b = backends.get(&id, 0).expect("entry");
+        let vip_id = vip_ids[r["vip"].as_str().expect("vip")] as u32;
+        assert_eq!(b.vip, lb_common::Backend::vip_tag(vip_id), "{r}");
+    }
+    assert_eq!(
+        rows.as_array().expect("rows").len(),
+        6,
+        "3 backends x 2 VIPs"
+    );
+
     // A file that is not a capture is refused clearly.
     let junk = lab.file("junk.pcap", "not a capture");
     let e = lab.fails(&["replay", &junk]);

@@ -655,6 +655,66 @@ fn conntrack_keeps_flows_through_ring_changes_and_fails_over_dead_backends() {
 }
 
 #[test]
+fn a_reused_backend_id_never_carries_another_vips_flows() {
+    let mut f = setup();
+    let vip = VIP_UDP4_GUE;
+    let tagged = |ip: &str, vip_id: u32| {
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        lb_common::Backend {
+            addr: lb_common::Addr::from(ip),
+            dst_mac: [0x02, 0xbe, 0, 0, 0, 0x20],
+            family: lb_common::FAMILY_V4,
+            vip: lb_common::Backend::vip_tag(vip_id),
+            ..Default::default()
+        }
+    };
+    f.set_backend(20, tagged("10.1.0.20", vip));
+    f.set_backend(21, tagged("10.1.0.21", vip));
+    f.set_members(vip, &[(20, 1), (21, 1)]);
+    let flows: Vec<Spec> = (0..64)
+        .map(|p| Spec::new("192.0.2.70", 21000 + p, "10.0.0.10", 53, 17))
+        .collect();
+    let first: Vec<u32> = flows.iter().map(|s| forward(&mut f, s)).collect();
+    assert!(first.contains(&20) && first.contains(&21));
+
+    // Id 20 leaves this VIP and, much later, is handed to another VIP's new member, while
+    // this VIP's flows are still tracked on it.
+    f.set_backend(22, tagged("10.1.0.22", vip));
+    f.set_members(vip, &[(21, 1), (22, 1)]);
+    f.set_backend(20, tagged("10.9.9.9", VIP_TCP4));
+    let stats = f.dp.vip_stats(vip).expect("stats");
+    let mut repicked = 0;
+    for (s, b) in flows.iter().zip(&first) {
+        let now = forward(&mut f, s);
+        if *b == 20 {
+            repicked += 1;
+            assert_ne!(now, 20, "a flow followed its id to another VIP's backend");
+            assert_eq!(forward(&mut f, s), now, "the re-picked flow stays");
+        } else {
+            assert_eq!(now, *b, "a flow on a live backend moved");
+        }
+    }
+    let after = f.dp.vip_stats(vip).expect("stats");
+    assert_eq!(
+        after.failovers, stats.failovers,
+        "not a failover: a new flow"
+    );
+    assert_eq!(after.new_flows - stats.new_flows, repicked);
+
+    // An entry written before the tag existed (0) is not checked: an upgrade moves nothing.
+    f.set_backend(
+        21,
+        lb_common::Backend {
+            vip: 0,
+            ..tagged("10.1.0.21", vip)
+        },
+    );
+    for (s, _) in flows.iter().zip(&first).filter(|(_, b)| **b == 21) {
+        assert_eq!(forward(&mut f, s), 21);
+    }
+}
+
+#[test]
 fn syn_takes_the_ring_even_when_a_stale_entry_exists() {
     let mut f = setup();
     let s = Spec::new("192.0.2.60", 50000, "10.0.0.10", 80, 6).syn();

@@ -122,7 +122,7 @@ fn setup(dp: &mut Dataplane) -> Result<()> {
                     tx_port: 0,
                     family: family_of(&ip),
                     state: 0,
-                    _pad: [0; 2],
+                    vip: 0,
                 },
             )?;
             members.push(MaglevBackend {

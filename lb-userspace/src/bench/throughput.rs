@@ -127,7 +127,7 @@ pub fn run(secs: f64) -> Result<Throughput> {
             tx_port: 1,
             family: FAMILY_V4,
             state: 0,
-            _pad: [0; 2],
+            vip: 0,
         },
     )?;
     let ring = maglev::build(
