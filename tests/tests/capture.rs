@@ -315,6 +315,26 @@ fn capture_filters_by_vip_backend_outcome_snaplen_and_samples() {
         n
     );
 
+    // A reader that falls behind: the ring (4 MiB) fills, and every record that does not fit is
+    // counted as lost, none silently.
+    let big = Spec::new("192.0.2.9", 4000, "10.0.0.10", 80, 6)
+        .payload(1400)
+        .build();
+    capture(&mut f, Some(open_filter()));
+    let base = f.dp.capture_counters().expect("counters");
+    for _ in 0..4000 {
+        f.run(&big);
+    }
+    let c = f.dp.capture_counters().expect("counters");
+    let written = drain(&mut f).len() as u64;
+    assert_eq!(c.matched - base.matched, 4000);
+    assert!(c.lost - base.lost > 0, "4000 x 1.5 KB cannot fit in 4 MiB");
+    assert_eq!(
+        written + (c.lost - base.lost),
+        4000,
+        "every record written or counted lost"
+    );
+
     // Off again: nothing more.
     capture(&mut f, None);
     run_all(&mut f);
