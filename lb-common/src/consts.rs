@@ -34,6 +34,8 @@ pub mod map_names {
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Bitmap of hashed VIP addresses: most non-VIP traffic is told apart with one array load.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     /// Capture filter, ring and counters (`xlb capture`).
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURE_RING: &str = "CAPTURE_RING";
@@ -55,6 +57,7 @@ pub mod map_names {
         REASON_STATS,
         DECAP_ADDRS,
         DECAP_STATS,
+        VIP_FILTER,
         CAPTURE,
         CAPTURE_RING,
         CAPTURE_STATS,
@@ -113,6 +116,15 @@ pub const CFG_F_WILDCARD_VIPS: u16 = 1 << 0;
 /// `LbConfig::flags`: a capture is running; the forwarder consults `CAPTURE` after its verdict.
 /// Off, capture costs one test of a flag already in a register.
 pub const CFG_F_CAPTURE: u16 = 1 << 1;
+
+/// `LbConfig::flags`: `VIP_FILTER` holds every VIP address; an address whose bit is clear is
+/// not a VIP and its packet passes without a hash lookup. Set by the daemon only; without it
+/// (fixtures, older pins) every packet is looked up.
+pub const CFG_F_VIP_FILTER: u16 = 1 << 2;
+
+/// Bits of the VIP address filter (a power of two), in 32-bit words.
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 32;
 
 /// Most CPUs a conntrack miss searches for a flow tracked on another CPU (bounds the loop).
 pub const CONNTRACK_SCAN_CPUS: u32 = 64;

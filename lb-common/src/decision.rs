@@ -55,12 +55,25 @@ pub trait Tables {
     /// Entry `slot` of VIP `vip_id`'s ring (0: empty slot).
     fn ring_entry(&self, vip_id: u32, slot: u32) -> Option<u32>;
     fn track(&mut self, key: &FlowKey, backend_id: u32);
+    /// False only if no VIP has this address (a cheap pre-filter; never a false "no").
+    #[inline(always)]
+    fn may_be_vip(&self, _addr: &crate::types::Addr) -> bool {
+        true
+    }
 }
 
 /// The VIP a packet belongs to, with fragment handling applied.
 #[inline(always)]
 pub fn lookup_vip<T: Tables>(t: &T, pkt: &Packet) -> Result<VipMeta, Reason> {
     let k = &pkt.key;
+    if !t.may_be_vip(&k.dst) {
+        // The reasons the lookups below would give.
+        return Err(match pkt.kind {
+            PKT_FRAGMENT => Reason::PassFragment,
+            PKT_ICMP_ERROR => Reason::PassIcmp,
+            _ => Reason::PassNotVip,
+        });
+    }
     let mut vk = VipKey {
         addr: k.dst,
         port_be: k.dst_port_be,

@@ -141,6 +141,16 @@ pub struct LbConfig {
     pub nr_cpus: u16,
 }
 
+impl Addr {
+    /// Bit of this address in the VIP filter: the words folded to 16 bits (in wire order, so
+    /// hosts of one IPv4 /24 or IPv6 /64 get different bits).
+    #[inline(always)]
+    pub const fn filter_bit(&self) -> u32 {
+        let x = self.0[0] ^ self.0[1] ^ self.0[2] ^ self.0[3];
+        (x ^ (x >> 16)) & (crate::consts::VIP_FILTER_BITS - 1)
+    }
+}
+
 impl FlowKey {
     pub const fn is_v6(&self) -> bool {
         self.family == FAMILY_V6

@@ -3,7 +3,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Backend, CFG_F_WILDCARD_VIPS, LbConfig, VIP_F_NO_CONNTRACK,
+    Backend, CFG_F_VIP_FILTER, CFG_F_WILDCARD_VIPS, LbConfig, VIP_F_NO_CONNTRACK,
     capture::{CAPTURE_NO_VIP, CaptureConfig, outcome},
     decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
     stats::Reason,
@@ -75,6 +75,7 @@ fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Resul
     let mut maps = Maps {
         wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
         nr_cpus: cfg.nr_cpus as u32,
+        filter: cfg.flags & CFG_F_VIP_FILTER != 0,
     };
     let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
     seen.vip_id = vip.vip_id;

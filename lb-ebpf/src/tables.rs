@@ -5,7 +5,7 @@ use lb_common::{
     Backend, CONNTRACK_SCAN_CPUS, FlowKey, FlowState, PROTO_TCP, VipKey, VipMeta, decision::Tables,
 };
 
-use crate::maps::{BACKENDS, CONNTRACK, RINGS, VIPS};
+use crate::maps::{BACKENDS, CONNTRACK, RINGS, VIP_FILTER, VIPS};
 
 pub struct Maps {
     /// Some VIP is a port-0 wildcard (`CFG_F_WILDCARD_VIPS`); otherwise port-0 lookups are
@@ -13,6 +13,8 @@ pub struct Maps {
     pub wildcards: bool,
     /// CPUs to search when a TCP packet of an established flow misses this CPU's conntrack.
     pub nr_cpus: u32,
+    /// `VIP_FILTER` is populated (`CFG_F_VIP_FILTER`).
+    pub filter: bool,
 }
 
 impl Maps {
@@ -45,6 +47,18 @@ impl Maps {
 }
 
 impl Tables for Maps {
+    #[inline(always)]
+    fn may_be_vip(&self, addr: &lb_common::Addr) -> bool {
+        if !self.filter {
+            return true;
+        }
+        let bit = addr.filter_bit();
+        match VIP_FILTER.get(bit >> 5) {
+            Some(w) => w & (1 << (bit & 31)) != 0,
+            None => true,
+        }
+    }
+
     #[inline(always)]
     fn vip(&self, key: &VipKey) -> Option<VipMeta> {
         if key.port_be == 0 && !self.wildcards {

@@ -98,6 +98,9 @@ pub struct Forwarding {
     pub encap_source_v6_hash_bits: u8,
     /// Seed of the flow hash and the Maglev tables: identical on every LB of an ECMP group.
     pub hash_seed: u32,
+    /// Tell non-VIP traffic apart with a bitmap of VIP addresses before the VIP hash lookup:
+    /// about 35 ns less per non-VIP packet, a few ns more per VIP packet.
+    pub vip_address_filter: bool,
 }
 
 impl Default for Forwarding {
@@ -110,6 +113,7 @@ impl Default for Forwarding {
             encap_source_v6: None,
             encap_source_v6_hash_bits: 0,
             hash_seed: DEFAULT_HASH_SEED,
+            vip_address_filter: true,
         }
     }
 }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, ConfigError, FwdMode, QuorumLoss, StartState, Vip, VipRef},
-    dataplane::{AttachMode, Dataplane, DataplaneError, pin},
+    dataplane::{AttachMode, Dataplane, DataplaneError, pin, vip_filter_words},
     health::{Target, avail::Health},
     nexthop::{NextHop, Resolver},
 };
@@ -166,6 +166,8 @@ pub struct Engine {
     pub ring_rebuilds: u64,
     /// The running capture, if any (`xlb capture`).
     pub capture: Option<crate::capture::Lease>,
+    /// The VIP address filter as written (empty: not written by this daemon yet).
+    vip_filter: Vec<u32>,
 }
 
 fn unix_ms() -> u64 {
@@ -201,7 +203,12 @@ pub fn lb_config(cfg: &Config) -> LbConfig {
         hash_seed: f.hash_seed,
         mtu: f.mtu,
         gue_port_be: f.gue_port.to_be(),
-        flags: if cfg.vips.iter().any(|v| v.port == 0) {
+        // VIP_FILTER is always kept populated (see `execute`); the flag only says to use it.
+        flags: if f.vip_address_filter {
+            lb_common::CFG_F_VIP_FILTER
+        } else {
+            0
+        } | if cfg.vips.iter().any(|v| v.port == 0) {
             lb_common::CFG_F_WILDCARD_VIPS
         } else {
             0
@@ -244,6 +251,7 @@ impl Engine {
             applies: 0,
             ring_rebuilds: 0,
             capture: None,
+            vip_filter: Vec::new(),
         })
     }
 
@@ -610,6 +618,16 @@ impl Engine {
             backends_draining: plan.draining,
             ..ApplyReport::default()
         };
+        // The address filter holds old and new VIPs while both may be published, and must before
+        // the config that switches it on is written.
+        let both = vip_filter_words(
+            self.vip_meta
+                .keys()
+                .chain(plan.metas.keys())
+                .map(|k| &k.addr),
+        );
+        r.map_writes += self.dp.set_vip_filter(&both, &self.vip_filter)?;
+        self.vip_filter = both;
         let mut want_cfg = lb_config(new);
         want_cfg.flags |= self.extra_flags();
         let mut had_cfg = lb_config(&self.cfg);
@@ -674,6 +692,9 @@ impl Engine {
             r.vips_removed += 1;
             r.map_writes += 1;
         }
+        let only_new = vip_filter_words(plan.metas.keys().map(|k| &k.addr));
+        r.map_writes += self.dp.set_vip_filter(&only_new, &self.vip_filter)?;
+        self.vip_filter = only_new;
         // Only now, with no ring or VIP naming them, backends go down.
         for id in &plan.freed {
             self.dp.set_backend(

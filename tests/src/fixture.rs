@@ -45,7 +45,8 @@ impl Fixture {
             hash_seed: SEED,
             mtu: MTU,
             gue_port_be: GUE_PORT.to_be(),
-            flags: 0,
+            // As the daemon runs it: non-VIP addresses are told apart by the address filter.
+            flags: lb_common::CFG_F_VIP_FILTER,
             nr_cpus: aya::util::nr_cpus().expect("possible CPUs") as u16,
         };
         let mut f = Fixture {
@@ -120,8 +121,10 @@ impl Fixture {
         }
         self.members.insert(vip_id, members.to_vec());
         self.publish_ring(vip_id, ring_size);
-        self.dp.set_vip(&key, &meta).expect("vip");
         self.model.vips.insert(key, meta);
+        let words = xlb::dataplane::vip_filter_words(self.model.vips.keys().map(|k| &k.addr));
+        self.dp.set_vip_filter(&words, &[]).expect("vip filter");
+        self.dp.set_vip(&key, &meta).expect("vip");
         key
     }
 

@@ -715,6 +715,48 @@ fn a_reused_backend_id_never_carries_another_vips_flows() {
 }
 
 #[test]
+fn the_vip_address_filter_is_consulted_and_keeps_the_pass_reasons() {
+    let mut f = setup();
+    let syn = Spec::new("192.0.2.1", 40000, "10.0.0.10", 80, 6)
+        .syn()
+        .build();
+    // Fragments and plain packets to a non-VIP address: the reasons of the full lookup.
+    for frame in v4_fragments([192, 0, 2, 1], [10, 0, 0, 99], 7) {
+        assert_eq!(
+            run_counted(&mut f, &frame, Reason::PassFragment).action,
+            XDP_PASS
+        );
+    }
+    let other = Spec::new("192.0.2.1", 40000, "10.0.0.99", 80, 6).build();
+    assert_eq!(
+        run_counted(&mut f, &other, Reason::PassNotVip).action,
+        XDP_PASS
+    );
+    // An address that shares the VIP's filter bit (10.1.0.11 against 10.0.0.10) is looked up
+    // and passed all the same.
+    let vip_bit = lb_common::Addr::from(std::net::IpAddr::from([10, 0, 0, 10])).filter_bit();
+    let twin = lb_common::Addr::from(std::net::IpAddr::from([10, 1, 0, 11]));
+    assert_eq!(twin.filter_bit(), vip_bit);
+    let collide = Spec::new("192.0.2.1", 40000, "10.1.0.11", 80, 6).build();
+    assert_eq!(
+        run_counted(&mut f, &collide, Reason::PassNotVip).action,
+        XDP_PASS
+    );
+    // The filter is what the forwarder consults: emptied, even the VIP passes...
+    let zeros = vec![0u32; lb_common::VIP_FILTER_WORDS as usize];
+    f.dp.set_vip_filter(&zeros, &[]).expect("filter");
+    assert_eq!(
+        run_counted(&mut f, &syn, Reason::PassNotVip).action,
+        XDP_PASS
+    );
+    // ...unless the daemon's flag is off, and then every packet is looked up.
+    let mut cfg = f.cfg;
+    cfg.flags &= !lb_common::CFG_F_VIP_FILTER;
+    f.dp.set_config(&cfg).expect("config");
+    assert_eq!(f.run(&syn).action, XDP_TX);
+}
+
+#[test]
 fn syn_takes_the_ring_even_when_a_stale_entry_exists() {
     let mut f = setup();
     let s = Spec::new("192.0.2.60", 50000, "10.0.0.10", 80, 6).syn();

@@ -80,6 +80,8 @@ fn setup(dp: &mut Dataplane) -> Result<()> {
         hash_seed: SEED,
         mtu: 9000,
         gue_port_be: lb_common::GUE_PORT_DEFAULT.to_be(),
+        // As the daemon runs it: the VIP address filter on (written below).
+        flags: lb_common::CFG_F_VIP_FILTER,
         ..LbConfig::default()
     })?;
     let vips = [
@@ -150,6 +152,11 @@ fn setup(dp: &mut Dataplane) -> Result<()> {
             },
         )?;
     }
+    let addrs: Vec<Addr> = vips
+        .iter()
+        .map(|v| v.addr.parse::<IpAddr>().map(Addr::from))
+        .collect::<Result<_, _>>()?;
+    dp.set_vip_filter(&crate::dataplane::vip_filter_words(&addrs), &[])?;
     Ok(())
 }
 

@@ -48,9 +48,24 @@ pub struct LoadOptions {
     pub programs: &'static [&'static str],
 }
 
+/// The VIP address filter (`VIP_FILTER`) holding these addresses.
+pub fn vip_filter_words<'a>(addrs: impl IntoIterator<Item = &'a lb_common::Addr>) -> Vec<u32> {
+    let mut w = vec![0u32; lb_common::VIP_FILTER_WORDS as usize];
+    for a in addrs {
+        let bit = a.filter_bit();
+        w[(bit >> 5) as usize] |= 1 << (bit & 31);
+    }
+    w
+}
+
 /// The maps `share_tables_from` shares: what the forwarder reads and never writes.
-pub const READ_ONLY_TABLES: &[&str] =
-    &[names::VIPS, names::RINGS, names::BACKENDS, names::TX_PORTS];
+pub const READ_ONLY_TABLES: &[&str] = &[
+    names::VIPS,
+    names::RINGS,
+    names::BACKENDS,
+    names::TX_PORTS,
+    names::VIP_FILTER,
+];
 
 impl Default for LoadOptions {
     fn default() -> Self {
@@ -220,6 +235,20 @@ impl Dataplane {
         let mut m: BpfHashMap<_, VipKey, VipMeta> =
             BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
         Ok(m.remove(key)?)
+    }
+
+    /// Write the words of the VIP address filter that differ from `old` (every word when `old`
+    /// is not a whole filter: after a start, the pinned one is unknown). Returns the writes.
+    pub fn set_vip_filter(&mut self, words: &[u32], old: &[u32]) -> Result<usize, DataplaneError> {
+        let mut a: Array<_, u32> = Array::try_from(self.map_mut(names::VIP_FILTER)?)?;
+        let mut n = 0;
+        for (i, w) in words.iter().enumerate() {
+            if old.len() != words.len() || old[i] != *w {
+                a.set(i as u32, w, 0)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Publish the capture filter (before `CFG_F_CAPTURE` is set).
