@@ -36,6 +36,8 @@ pub mod map_names {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     /// Bitmap of hashed VIP addresses: most non-VIP traffic is told apart with one array load.
     pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// The daemon's clock for conntrack stamps.
+    pub const CLOCK: &str = "CLOCK";
     /// Capture filter, ring and counters (`xlb capture`).
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURE_RING: &str = "CAPTURE_RING";
@@ -58,6 +60,7 @@ pub mod map_names {
         DECAP_ADDRS,
         DECAP_STATS,
         VIP_FILTER,
+        CLOCK,
         CAPTURE,
         CAPTURE_RING,
         CAPTURE_STATS,
@@ -121,6 +124,10 @@ pub const CFG_F_CAPTURE: u16 = 1 << 1;
 /// not a VIP and its packet passes without a hash lookup. Set by the daemon only; without it
 /// (fixtures, older pins) every packet is looked up.
 pub const CFG_F_VIP_FILTER: u16 = 1 << 2;
+
+/// How far ahead of CLOCK_MONOTONIC_COARSE the daemon writes `CLOCK` (it rewrites it every
+/// second): stamps are never older than the packet, so an active flow never looks idle.
+pub const CLOCK_LEAD_NS: u64 = 2_000_000_000;
 
 /// Bits of the VIP address filter (a power of two), in 32-bit words.
 pub const VIP_FILTER_BITS: u32 = 1 << 16;

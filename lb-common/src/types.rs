@@ -114,7 +114,8 @@ pub struct FlowKey {
 pub struct FlowState {
     pub backend_id: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_coarse_ns` of the last packet.
+    /// `CLOCK` (the daemon's coarse monotonic clock, up to `CLOCK_LEAD_NS` ahead) at the last
+    /// packet.
     pub last_seen_ns: u64,
 }
 

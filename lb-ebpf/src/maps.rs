@@ -74,6 +74,13 @@ pub static DECAP_STATS: PerCpuArray<Counter, { DECAP_STATS_COUNT as usize }> = P
 #[btf_map]
 pub static VIP_FILTER: Array<u32, { VIP_FILTER_WORDS as usize }> = Array::new();
 
+/// Index 0: CLOCK_MONOTONIC_COARSE in ns plus `CLOCK_LEAD_NS`, written by the daemon every
+/// second. Conntrack stamps flows with it: `bpf_ktime_get_coarse_ns` cost about 40 ns per
+/// packet on the benchmark VM; an array load costs a few, and a second's resolution is all
+/// drain detection and `xlb flows` need.
+#[btf_map]
+pub static CLOCK: Array<u64, 1> = Array::new();
+
 /// Index 0: the running capture's filter (`xlb capture`); read only while `CFG_F_CAPTURE` is set.
 #[btf_map]
 pub static CAPTURE: Array<CaptureConfig, 1> = Array::new();

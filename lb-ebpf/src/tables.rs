@@ -1,11 +1,11 @@
 //! The decision's tables, backed by the BPF maps.
 
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_map_lookup_percpu_elem};
+use aya_ebpf::helpers::bpf_map_lookup_percpu_elem;
 use lb_common::{
     Backend, CONNTRACK_SCAN_CPUS, FlowKey, FlowState, PROTO_TCP, VipKey, VipMeta, decision::Tables,
 };
 
-use crate::maps::{BACKENDS, CONNTRACK, RINGS, VIP_FILTER, VIPS};
+use crate::maps::{BACKENDS, CLOCK, CONNTRACK, RINGS, VIP_FILTER, VIPS};
 
 pub struct Maps {
     /// Some VIP is a port-0 wildcard (`CFG_F_WILDCARD_VIPS`); otherwise port-0 lookups are
@@ -77,7 +77,7 @@ impl Tables for Maps {
             unsafe {
                 let id = (*state).backend_id;
                 if id != 0 {
-                    (*state).last_seen_ns = bpf_ktime_get_coarse_ns();
+                    (*state).last_seen_ns = now();
                     return Some(id);
                 }
             }
@@ -104,16 +104,20 @@ impl Tables for Maps {
     }
 }
 
+/// The daemon's clock (see `CLOCK`); 0 when no daemon writes it (fixtures, replay).
+#[inline(always)]
+fn now() -> u64 {
+    CLOCK.get(0).copied().unwrap_or(0)
+}
+
 /// Track `key` on this CPU. A failed insert (map full of locked entries) only loses
 /// stickiness; the ring still routes the flow consistently while the backend set is unchanged.
 #[inline(always)]
 fn insert(key: &FlowKey, backend_id: u32) {
-    // SAFETY: the helper has no preconditions on the clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let state = FlowState {
         backend_id,
         _pad: 0,
-        last_seen_ns: now,
+        last_seen_ns: now(),
     };
     let _ = CONNTRACK.insert(key, state, 0);
 }

@@ -303,6 +303,7 @@ async fn housekeeping(shared: Arc<Shared>, refresh: Duration) {
     loop {
         tick.tick().await;
         let mut e = shared.engine.lock().await;
+        e.tick_clock();
         let snap = control::snapshot(&e);
         shared.sampler.lock().await.record(Instant::now(), snap);
         if let Err(err) = e.reap_removals() {

@@ -177,6 +177,18 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl Engine {
+    /// Advance the clock conntrack stamps flows with; housekeeping calls it every second.
+    pub fn tick_clock(&mut self) {
+        if let Err(e) = self
+            .dp
+            .set_clock(monotonic_coarse_ns() + lb_common::CLOCK_LEAD_NS)
+        {
+            warn!(error = %e, "writing the conntrack clock");
+        }
+    }
+}
+
 /// Give the allocator's free memory back to the system. An apply builds every changed ring at
 /// once (256 KiB each at the default size), and glibc keeps such freed chunks in the heap, so
 /// without this the daemon's RSS would stay at its peak after a large change.
@@ -307,6 +319,8 @@ impl Engine {
     ) -> Result<ApplyReport, ApplyError> {
         let t0 = Instant::now();
         new.validate().map_err(ApplyError::Invalid)?;
+        // The first apply after a start runs before housekeeping does.
+        self.tick_clock();
         if new.daemon != self.cfg.daemon {
             return Err(ApplyError::Refused(vec![
                 "the [daemon] section differs from the running daemon's; it only changes with a restart"

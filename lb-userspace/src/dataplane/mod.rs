@@ -251,6 +251,12 @@ impl Dataplane {
         Ok(n)
     }
 
+    /// Set the clock conntrack stamps flows with (`CLOCK`).
+    pub fn set_clock(&mut self, ns: u64) -> Result<(), DataplaneError> {
+        let mut a: Array<_, u64> = Array::try_from(self.map_mut(names::CLOCK)?)?;
+        Ok(a.set(0, ns, 0)?)
+    }
+
     /// Publish the capture filter (before `CFG_F_CAPTURE` is set).
     pub fn set_capture(&mut self, c: &CaptureConfig) -> Result<(), DataplaneError> {
         let mut a: Array<_, CaptureConfig> = Array::try_from(self.map_mut(names::CAPTURE)?)?;
