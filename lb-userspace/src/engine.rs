@@ -836,10 +836,14 @@ impl Engine {
         let now_ms = unix_ms();
         let idle = Duration::from_secs(d.drain_idle_secs as u64);
         let active = self.active_backends(idle)?;
+        // Flows are stamped from the clock this daemon writes: stamps made while no daemon ran
+        // are stale, so idleness means nothing until the clock has ticked for `idle`.
+        let trust_idle = self.started.elapsed() >= idle;
         let mut done = Vec::new();
         for r in &self.removing {
             let age = now_ms.saturating_sub(r.since_unix_ms);
-            if !active.contains(&r.id) || age >= d.drain_timeout_secs as u64 * 1000 {
+            let idle_out = trust_idle && !active.contains(&r.id);
+            if idle_out || age >= d.drain_timeout_secs as u64 * 1000 {
                 done.push(r.id);
             }
         }
