@@ -149,6 +149,15 @@ impl Protocol {
             Protocol::Udp => PROTO_UDP,
         }
     }
+
+    /// The protocol of an IP protocol number, if it is one a VIP can have.
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            PROTO_TCP => Some(Protocol::Tcp),
+            PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -439,10 +439,8 @@ fn flows(e: &Engine, vip: Option<VipRef>, limit: usize) -> Result<FlowsView, Str
         truncated: false,
     };
     for (k, states) in e.dp.flows().map_err(|err| err.to_string())? {
-        let proto = match k.proto {
-            lb_common::PROTO_TCP => Protocol::Tcp,
-            lb_common::PROTO_UDP => Protocol::Udp,
-            _ => continue,
+        let Some(proto) = Protocol::from_number(k.proto) else {
+            continue;
         };
         let dst_ip = k.dst.to_ip(k.family);
         let dport = u16::from_be(k.dst_port_be);

@@ -60,6 +60,12 @@ pub struct Ids {
     pub cursor: u32,
 }
 
+impl Ids {
+    pub fn vip_id(&self, v: &VipRef) -> Option<u32> {
+        self.vips.iter().find(|(r, _)| r == v).map(|(_, id)| *id)
+    }
+}
+
 /// A backend removed without `--now`: out of the ring, still serving its tracked flows.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Removing {
@@ -296,11 +302,7 @@ impl Engine {
     }
 
     fn vip_id(&self, v: &VipRef) -> Option<u32> {
-        self.ids
-            .vips
-            .iter()
-            .find(|(r, _)| r == v)
-            .map(|(_, id)| *id)
+        self.ids.vip_id(v)
     }
 
     fn backend_id(&self, v: &VipRef, a: &IpAddr) -> Option<u32> {
@@ -503,11 +505,7 @@ impl Engine {
                     },
                 }
             };
-            let vip_id = ids
-                .vips
-                .iter()
-                .find(|(r, _)| *r == m.vip)
-                .map(|(_, id)| *id);
+            let vip_id = ids.vip_id(&m.vip);
             m.value = Backend {
                 addr: Addr::from(m.address),
                 dst_mac: nh.dst_mac,
@@ -551,12 +549,7 @@ impl Engine {
         let mut metas = BTreeMap::new();
         let mut below_quorum = BTreeSet::new();
         for v in &new.vips {
-            let vip_id = ids
-                .vips
-                .iter()
-                .find(|(r, _)| *r == v.id())
-                .map(|(_, id)| *id)
-                .expect("allocated above");
+            let vip_id = ids.vip_id(&v.id()).expect("allocated above");
             let m = new.ring_size(v);
             let member = |b: &crate::config::BackendConfig, healthy_only: bool| {
                 let id = *id_of.get(&(v.id(), b.address))?;
@@ -654,10 +647,8 @@ impl Engine {
         );
         r.map_writes += self.dp.set_vip_filter(&both, &self.vip_filter)?;
         self.vip_filter = both;
-        let mut want_cfg = lb_config(new);
-        want_cfg.flags |= self.extra_flags();
-        let mut had_cfg = lb_config(&self.cfg);
-        had_cfg.flags |= self.extra_flags();
+        let want_cfg = self.live_config(new);
+        let had_cfg = self.live_config(&self.cfg);
         if want_cfg != had_cfg || self.applies == 0 {
             self.dp.set_config(&want_cfg)?;
             r.map_writes += 1;
@@ -943,7 +934,7 @@ impl Engine {
     /// and the state save leaves such orphans).
     pub fn sweep_orphans(&mut self) -> Result<usize, DataplaneError> {
         let mut n = 0;
-        for k in self.dp.vip_keys()? {
+        for (k, _) in self.dp.vips()? {
             if !self.vip_meta.contains_key(&k) {
                 self.dp.remove_vip(&k)?;
                 n += 1;

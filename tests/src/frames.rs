@@ -43,6 +43,13 @@ impl Spec {
         self.syn = true;
         self
     }
+    /// The same flow's next packet (no SYN).
+    pub fn ack(&self) -> Spec {
+        Spec {
+            syn: false,
+            ..self.clone()
+        }
+    }
     pub fn payload(mut self, n: usize) -> Spec {
         self.payload = n;
         self

@@ -263,6 +263,15 @@ name = "lc"
         (stdout, stderr)
     }
 
+    /// A pinned array map of the daemon (`name` under `pin_dir`), to read what it wrote.
+    pub fn pinned_array<V: aya::Pod>(&self, name: &str) -> aya::maps::Array<aya::maps::MapData, V> {
+        let path = self.pin_dir.join(name);
+        let data = aya::maps::MapData::from_pin(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map"))
+            .expect("an array map")
+    }
+
     /// Like `xlb`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.xlb(args);

@@ -542,10 +542,7 @@ fn capture_cli_writes_pcapng_of_real_traffic_and_honours_its_bounds() {
 }
 
 fn pinned_flags(lab: &Lab) -> u16 {
-    let data = aya::maps::MapData::from_pin(lab.pin_dir.join("CONFIG")).expect("pinned CONFIG");
-    let a: aya::maps::Array<_, lb_common::LbConfig> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map"))
-            .expect("array");
+    let a = lab.pinned_array::<lb_common::LbConfig>("CONFIG");
     a.get(&0, 0).expect("config").flags
 }
 
@@ -789,10 +786,7 @@ fn replay_says_what_the_forwarder_would_do_without_touching_live_state() {
             )
         })
         .collect();
-    let data = aya::maps::MapData::from_pin(lab.pin_dir.join("BACKENDS")).expect("BACKENDS");
-    let backends: aya::maps::Array<_, lb_common::Backend> =
-        aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map"))
-            .expect("array");
+    let backends = lab.pinned_array::<lb_common::Backend>("BACKENDS");
     let rows = lab.json(&["backend", "list"]);
     for r in rows.as_array().expect("rows") {
         let id = r["id"].as_u64().expect("id") as u32;

@@ -335,19 +335,16 @@ fn sigkill_and_restart_under_traffic_lose_nothing() {
 
 #[test]
 fn pinned_state_of_another_layout_is_refused_not_reinterpreted() {
-    use aya::maps::{Array, Map, MapData};
     let mut lab = Lab::new(1);
     let _servers = lab.net.start_servers();
     lab.start(&lab.full_config());
     lab.stop(libc::SIGKILL);
 
-    let stamp = lab.pin_dir.join(xlb::dataplane::pin::STAMP);
-    let set_stamp = |v: u32| {
-        let data = MapData::from_pin(&stamp).expect("stamp map");
-        let mut a: Array<MapData, u32> = Array::try_from(Map::Array(data)).expect("array");
+    let set_stamp = |lab: &Lab, v: u32| {
+        let mut a = lab.pinned_array::<u32>(xlb::dataplane::pin::STAMP);
         a.set(0, v, 0).expect("set stamp");
     };
-    set_stamp(lb_common::LAYOUT_VERSION + 1);
+    set_stamp(&lab, lb_common::LAYOUT_VERSION + 1);
     let log = lab
         .try_start(&lab.full_config())
         .expect_err("a daemon must refuse pins of another layout");
@@ -359,7 +356,7 @@ fn pinned_state_of_another_layout_is_refused_not_reinterpreted() {
         !spread(&lab, 5).contains_key("error"),
         "the old forwarder keeps running while the new daemon refuses"
     );
-    set_stamp(lb_common::LAYOUT_VERSION);
+    set_stamp(&lab, lb_common::LAYOUT_VERSION);
     lab.start(&lab.full_config());
     assert_eq!(lab.json(&["status"])["adopted"], true);
 }

@@ -764,10 +764,7 @@ fn syn_takes_the_ring_even_when_a_stale_entry_exists() {
     // Re-point the flow's entry at another backend behind the model's back is not possible, so
     // make the ring disagree instead: remove the tracked backend from the ring (not down).
     ring_without(&mut f, b);
-    let ack = Spec {
-        syn: false,
-        ..s.clone()
-    };
+    let ack = s.ack();
     assert_eq!(
         forward(&mut f, &ack),
         b,
@@ -786,6 +783,24 @@ fn syn_takes_the_ring_even_when_a_stale_entry_exists() {
 }
 
 #[test]
+fn flows_are_stamped_with_the_daemons_clock() {
+    let mut f = setup();
+    let s = Spec::new("192.0.2.71", 50002, "10.0.0.10", 80, 6).syn();
+    let key = key_of(&s);
+    let stamp = |f: &Fixture| {
+        let states = f.dp.flow(&key).expect("flow");
+        assert_eq!(states.len(), 1, "tracked on this CPU only: {states:?}");
+        states[0].1.last_seen_ns
+    };
+    f.dp.set_clock(7_000_000_000).expect("clock");
+    forward(&mut f, &s);
+    assert_eq!(stamp(&f), 7_000_000_000, "a new flow takes the clock");
+    f.dp.set_clock(9_000_000_000).expect("clock");
+    forward(&mut f, &s.ack());
+    assert_eq!(stamp(&f), 9_000_000_000, "a tracked packet refreshes it");
+}
+
+#[test]
 fn counters_count_packets_bytes_and_flows() {
     let mut f = setup();
     let s = Spec::new("192.0.2.70", 50000, "10.0.0.10", 80, 6).syn();
@@ -793,10 +808,7 @@ fn counters_count_packets_bytes_and_flows() {
     let vip0 = f.dp.vip_stats(VIP_TCP4).expect("stats");
     let b = forward(&mut f, &s);
     let b0 = f.dp.backend_stats(b).expect("stats");
-    let ack = Spec {
-        syn: false,
-        ..s.clone()
-    };
+    let ack = s.ack();
     for _ in 0..5 {
         forward(&mut f, &ack);
     }
@@ -822,10 +834,7 @@ fn a_tcp_flow_tracked_on_another_cpu_keeps_its_backend() {
     pin_to_cpu(0);
     // The ring no longer names the tracked backend (drained), so the ring would move the flow.
     ring_without(&mut f, b);
-    let ack = Spec {
-        syn: false,
-        ..s.clone()
-    };
+    let ack = s.ack();
     assert_eq!(
         forward(&mut f, &ack),
         b,

@@ -82,8 +82,8 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
         .map_err(|e| format!("watching the capture ring: {e}"))?;
     let names = Names::from_pins(&s.pin_dir).unwrap_or_default();
     let clock = Clock::now();
-    let mut writer = match &o.write {
-        None => None,
+    let mut sink = match &o.write {
+        None => Sink::Lines { json: o.json },
         Some(p) => {
             let out: Box<dyn Write> = if p.as_os_str() == "-" {
                 Box::new(std::io::stdout().lock())
@@ -96,7 +96,7 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
             } else {
                 o.filter.snaplen
             };
-            Some(NgWriter::new(out, snap, "xlb")?)
+            Sink::Pcapng(NgWriter::new(out, snap, "xlb")?)
         }
     };
     let mut report = Report::default();
@@ -113,7 +113,6 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
     tokio::pin!(until);
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
-    let mut out = std::io::stdout().lock();
     'outer: loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -125,31 +124,11 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
                         continue; // left over from an earlier capture
                     }
                     let sum = Summary::of(&r.hdr, &names, &clock);
-                    match &mut writer {
-                        Some(w) => {
-                            let before = w.bytes;
-                            // pcapng block overhead is about 32 bytes plus the comment.
-                            if before + r.data.len() as u64 + 256 > o.max_bytes {
-                                report.ended_by = "bytes";
-                                break 'outer;
-                            }
-                            w.write(clock.wall(r.hdr.ktime_ns), r.hdr.len, &r.data, sum.comment())?;
-                            report.bytes = w.bytes;
-                        }
-                        None => {
-                            if report.bytes + r.data.len() as u64 > o.max_bytes {
-                                report.ended_by = "bytes";
-                                break 'outer;
-                            }
-                            let line = if o.json {
-                                serde_json::to_string(&sum).map_err(|e| e.to_string())?
-                            } else {
-                                sum.line()
-                            };
-                            writeln!(out, "{line}").map_err(|e| e.to_string())?;
-                            report.bytes += r.data.len() as u64;
-                        }
-                    }
+                    let Some(bytes) = sink.put(&r, &sum, &clock, report.bytes, o.max_bytes)? else {
+                        report.ended_by = "bytes";
+                        break 'outer;
+                    };
+                    report.bytes = bytes;
                     report.captured += 1;
                     if o.count.is_some_and(|c| report.captured >= c) {
                         report.ended_by = "count";
@@ -157,9 +136,7 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
                     }
                 }
                 guard.clear_ready();
-                if let Some(w) = &mut writer {
-                    w.flush()?;
-                }
+                sink.flush()?;
             }
             _ = renew.tick() => {
                 api::call(socket, Request::CaptureRenew { session: s.session })?;
@@ -174,10 +151,62 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
             }
         }
     }
-    if let Some(w) = &mut writer {
-        w.flush()?;
-    }
+    sink.flush()?;
     Ok(report)
+}
+
+/// Where records go: pcapng, or one line (or JSON line) per packet on stdout.
+enum Sink {
+    Pcapng(NgWriter<Box<dyn Write>>),
+    Lines { json: bool },
+}
+
+impl Sink {
+    /// Write one record unless the output would grow past `max` bytes (pcapng: the file;
+    /// lines: the frame bytes); returns the output size after it, or None at the bound.
+    fn put(
+        &mut self,
+        r: &Record,
+        sum: &Summary,
+        clock: &Clock,
+        written: u64,
+        max: u64,
+    ) -> Result<Option<u64>, String> {
+        match self {
+            Sink::Pcapng(w) => {
+                // pcapng block overhead is about 32 bytes plus the comment.
+                if w.bytes + r.data.len() as u64 + 256 > max {
+                    return Ok(None);
+                }
+                w.write(
+                    clock.wall(r.hdr.ktime_ns),
+                    r.hdr.len,
+                    &r.data,
+                    sum.comment(),
+                )?;
+                Ok(Some(w.bytes))
+            }
+            Sink::Lines { json } => {
+                if written + r.data.len() as u64 > max {
+                    return Ok(None);
+                }
+                let line = if *json {
+                    serde_json::to_string(sum).map_err(|e| e.to_string())?
+                } else {
+                    sum.line()
+                };
+                writeln!(std::io::stdout().lock(), "{line}").map_err(|e| e.to_string())?;
+                Ok(Some(written + r.data.len() as u64))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        match self {
+            Sink::Pcapng(w) => w.flush(),
+            Sink::Lines { .. } => std::io::stdout().flush().map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// `64M`, `2G`, `500k` or plain bytes.

@@ -255,18 +255,18 @@ impl Engine {
         }
     }
 
-    /// The run-time flags that are not configuration: capture.
-    pub fn extra_flags(&self) -> u16 {
+    /// `CONFIG` for `cfg` as it should be now: the configuration plus run-time state that is
+    /// not configuration (a running capture).
+    pub fn live_config(&self, cfg: &crate::config::Config) -> lb_common::LbConfig {
+        let mut c = crate::engine::lb_config(cfg);
         if self.capture.is_some() {
-            CFG_F_CAPTURE
-        } else {
-            0
+            c.flags |= CFG_F_CAPTURE;
         }
+        c
     }
 
     fn write_live_config(&mut self) -> Result<(), String> {
-        let mut c = crate::engine::lb_config(&self.cfg);
-        c.flags |= self.extra_flags();
+        let c = self.live_config(&self.cfg);
         self.dp.set_config(&c).map_err(|e| e.to_string())
     }
 }

@@ -1,7 +1,12 @@
 //! Capture records: decoding what the forwarder put on the ring, naming VIPs, and the one-line
 //! and pcapng-comment forms of a record that `xlb capture` and `xlb replay` print.
 
-use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
@@ -76,18 +81,13 @@ impl Names {
     pub fn from_vips(vips: impl IntoIterator<Item = (VipKey, VipMeta)>) -> Names {
         let vips = vips
             .into_iter()
-            .map(|(k, m)| {
-                let protocol = if k.proto == PROTO_UDP {
-                    Protocol::Udp
-                } else {
-                    Protocol::Tcp
-                };
+            .filter_map(|(k, m)| {
                 let r = VipRef {
                     address: k.addr.to_ip(k.family),
                     port: u16::from_be(k.port_be),
-                    protocol,
+                    protocol: Protocol::from_number(k.proto)?,
                 };
-                (m.vip_id, r.to_string())
+                Some((m.vip_id, r.to_string()))
             })
             .collect();
         Names { vips }
@@ -129,9 +129,8 @@ pub fn action_name(action: u32) -> &'static str {
 
 /// `src:port > dst:port proto` of a parsed flow.
 pub fn flow_text(k: &FlowKey) -> String {
-    let ip = |a: &lb_common::Addr| match a.to_ip(k.family) {
-        IpAddr::V4(v) => v.to_string(),
-        IpAddr::V6(v) => format!("[{v}]"),
+    let sock = |a: &lb_common::Addr, port_be: u16| {
+        SocketAddr::new(a.to_ip(k.family), u16::from_be(port_be))
     };
     let proto = match k.proto {
         PROTO_TCP => "tcp".to_string(),
@@ -141,11 +140,9 @@ pub fn flow_text(k: &FlowKey) -> String {
         p => format!("proto {p}"),
     };
     format!(
-        "{}:{} > {}:{} {proto}",
-        ip(&k.src),
-        u16::from_be(k.src_port_be),
-        ip(&k.dst),
-        u16::from_be(k.dst_port_be)
+        "{} > {} {proto}",
+        sock(&k.src, k.src_port_be),
+        sock(&k.dst, k.dst_port_be)
     )
 }
 

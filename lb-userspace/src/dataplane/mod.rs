@@ -280,21 +280,10 @@ impl Dataplane {
         Ok(RingBuf::try_from(self.map_mut(names::CAPTURE_RING)?)?)
     }
 
-    pub fn config(&self) -> Result<LbConfig, DataplaneError> {
-        let a: Array<_, LbConfig> = Array::try_from(self.map(names::CONFIG)?)?;
-        Ok(a.get(&0, 0)?)
-    }
-
     /// Every VIP with its metadata.
     pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
         let m: BpfHashMap<_, VipKey, VipMeta> = BpfHashMap::try_from(self.map(names::VIPS)?)?;
         Ok(m.iter().collect::<Result<_, _>>()?)
-    }
-
-    /// Every key of the VIPS map.
-    pub fn vip_keys(&self) -> Result<Vec<VipKey>, DataplaneError> {
-        let m: BpfHashMap<_, VipKey, VipMeta> = BpfHashMap::try_from(self.map(names::VIPS)?)?;
-        Ok(m.keys().collect::<Result<_, _>>()?)
     }
 
     /// Every non-empty entry of the BACKENDS array.
