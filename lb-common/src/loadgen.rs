@@ -59,6 +59,45 @@ impl LoadgenConfig {
         let lo = saddr_lo0.wrapping_add((flow / span) as u16);
         (sport, lo)
     }
+
+    /// What `xlb_loadgen` does to a frame, on a byte slice: the template over its head, then
+    /// flow `flow`'s source port and address with the checksums updated incrementally. Used by
+    /// the userspace transmit path (AF_PACKET) and to check the XDP program against.
+    pub fn stamp(&self, frame: &mut [u8], flow: u32) -> Option<()> {
+        let n = (self.copy_len as usize).min(TEMPLATE_MAX);
+        frame.get_mut(..n)?.copy_from_slice(&self.template[..n]);
+        let word = |f: &[u8], off: u16| -> Option<u16> {
+            let o = off as usize;
+            Some(u16::from_ne_bytes([*f.get(o)?, *f.get(o + 1)?]))
+        };
+        let put = |f: &mut [u8], off: u16, v: u16| -> Option<()> {
+            let o = off as usize;
+            f.get_mut(o..o + 2)?.copy_from_slice(&v.to_ne_bytes());
+            Some(())
+        };
+        let (old_sport, old_lo) = (
+            word(frame, self.sport_off)?,
+            word(frame, self.saddr_lo_off)?,
+        );
+        let (sport, lo) = self.flow_fields(flow, u16::from_be(old_lo));
+        let (new_sport, new_lo) = (sport.to_be(), lo.to_be());
+        put(frame, self.sport_off, new_sport)?;
+        put(frame, self.saddr_lo_off, new_lo)?;
+        if self.ip_csum_off != 0 {
+            let c = word(frame, self.ip_csum_off)?;
+            put(
+                frame,
+                self.ip_csum_off,
+                csum_replace(c, [old_lo, 0], [new_lo, 0]),
+            )?;
+        }
+        if self.l4_csum_off != 0 {
+            let c = word(frame, self.l4_csum_off)?;
+            let c = csum_replace(c, [old_lo, old_sport], [new_lo, new_sport]);
+            put(frame, self.l4_csum_off, c)?;
+        }
+        Some(())
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<LoadgenConfig>() == TEMPLATE_MAX + 24);

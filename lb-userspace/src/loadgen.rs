@@ -2,6 +2,10 @@
 //! `BPF_F_TEST_XDP_LIVE_FRAMES` runs `xlb_loadgen` on kernel-owned frames and transmits each one
 //! it returns `XDP_TX` for out of the given interface; the program stamps a template and varies
 //! the flow per frame. One thread per CPU, each with its own program instance and counter.
+//!
+//! Where the kernel refuses live frames (a security policy can), the same frames, stamped by the
+//! same rules in userspace, go out through an AF_PACKET socket with `sendmmsg`: slower, but the
+//! generator still works and says which path it took.
 
 use std::{
     net::IpAddr,
@@ -54,6 +58,7 @@ pub struct Options {
     pub duration: Option<Duration>,
     pub count: Option<u64>,
     pub threads: usize,
+    pub method: Method,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +71,8 @@ pub struct Summary {
     pub frame_size: usize,
     pub threads: usize,
     pub flows: u32,
+    /// How the frames left: `live-frames` or `af-packet`.
+    pub method: Method,
 }
 
 /// The template frame of flow 0 and the generator's map value.
@@ -141,6 +148,176 @@ pub fn ncpus() -> usize {
     if n < 1 { 1 } else { n as usize }
 }
 
+/// How frames leave the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Live frames where the kernel allows them, AF_PACKET otherwise.
+    Auto,
+    /// `BPF_F_TEST_XDP_LIVE_FRAMES`: the XDP program stamps kernel-owned frames (fastest).
+    LiveFrames,
+    /// An AF_PACKET socket with `sendmmsg`, frames stamped in userspace by the same rules.
+    AfPacket,
+}
+
+/// Frames per `sendmmsg` on the AF_PACKET path.
+const PACKET_BATCH: usize = 64;
+
+/// One generator thread's transmit path.
+enum Sender {
+    Live {
+        dp: Dataplane,
+        md: [u8; 24],
+    },
+    Packet {
+        fd: std::os::fd::OwnedFd,
+        frames: Vec<Vec<u8>>,
+        seq: u64,
+    },
+}
+
+/// Whether a live-frame run failed because the kernel refuses the mode (a kernel without it, or
+/// a security policy), not because of the frame or the interface.
+fn live_frames_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|n| [libc::EPERM, libc::EOPNOTSUPP, libc::ENOTSUP].contains(&n))
+    })
+}
+
+impl Sender {
+    fn live(o: &Options, frame: &[u8], cfg: LoadgenConfig) -> Result<Sender> {
+        let mut dp = Dataplane::load(&LoadOptions {
+            conntrack_entries: 64,
+            programs: &[prog_names::LOADGEN],
+            ..LoadOptions::default()
+        })?;
+        let map = dp.map_mut_by_name(map_names::LOADGEN)?;
+        let mut a: Array<_, LoadgenConfig> = Array::try_from(map)?;
+        a.set(0, cfg, 0)?;
+        Ok(Sender::Live {
+            dp,
+            md: xdp_md(frame.len(), o.ifindex),
+        })
+    }
+
+    fn packet(o: &Options, frame: &[u8]) -> Result<Sender> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket creation; the fd is owned below. Protocol 0: send only, this
+        // socket receives nothing.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+        }
+        // SAFETY: a fresh fd we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; bind reads it for its declared size.
+        let rc = unsafe {
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = o.ifindex as i32;
+            libc::bind(
+                raw,
+                std::ptr::from_ref(&sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("binding AF_PACKET to {}", o.iface));
+        }
+        // Straight to the driver, as live frames go: a qdisc would only queue and drop.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one int.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
+        Ok(Sender::Packet {
+            fd,
+            frames: vec![frame.to_vec(); PACKET_BATCH],
+            seq: 0,
+        })
+    }
+
+    /// Send `n` frames; returns how many left.
+    fn send(&mut self, n: u32, frame: &[u8], cfg: &LoadgenConfig) -> Result<u64> {
+        match self {
+            Sender::Live { dp, md } => {
+                let prog = dp.program(prog_names::LOADGEN)?;
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(frame);
+                opts.ctx_in = Some(&md[..]);
+                opts.repeat = n;
+                opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
+                prog.test_run(opts).map_err(|e| match e {
+                    // Keep the errno: `live_frames_refused` decides on it.
+                    aya::programs::ProgramError::SyscallError(s) => {
+                        anyhow::Error::new(s.io_error).context("live-frame test run")
+                    }
+                    other => anyhow::Error::new(other).context("live-frame test run"),
+                })?;
+                Ok(n as u64)
+            }
+            Sender::Packet { fd, frames, seq } => {
+                use std::os::fd::AsRawFd as _;
+                let flows = cfg.flows.max(1) as u64;
+                let mut left = n as usize;
+                let mut sent = 0u64;
+                while left > 0 {
+                    let k = left.min(PACKET_BATCH);
+                    for (i, f) in frames.iter_mut().take(k).enumerate() {
+                        cfg.stamp(f, ((*seq + i as u64) % flows) as u32)
+                            .context("frame shorter than its template")?;
+                    }
+                    let mut iov: Vec<libc::iovec> = frames[..k]
+                        .iter_mut()
+                        .map(|f| libc::iovec {
+                            iov_base: f.as_mut_ptr().cast(),
+                            iov_len: f.len(),
+                        })
+                        .collect();
+                    // SAFETY: zeroed mmsghdr is valid; each points at one iovec above.
+                    let mut msgs: Vec<libc::mmsghdr> = iov
+                        .iter_mut()
+                        .map(|v| {
+                            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                            m.msg_hdr.msg_iov = std::ptr::from_mut(v);
+                            m.msg_hdr.msg_iovlen = 1;
+                            m
+                        })
+                        .collect();
+                    // SAFETY: `msgs` and the buffers it points at outlive the call.
+                    let r =
+                        unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), k as u32, 0) };
+                    if r < 0 {
+                        let e = std::io::Error::last_os_error();
+                        match e.raw_os_error() {
+                            // The device queue is full: let it drain.
+                            Some(libc::ENOBUFS | libc::EAGAIN) => {
+                                std::thread::sleep(Duration::from_micros(50));
+                                continue;
+                            }
+                            _ => return Err(e).context("sendmmsg on AF_PACKET"),
+                        }
+                    }
+                    let r = r as usize;
+                    *seq += r as u64;
+                    sent += r as u64;
+                    left -= r;
+                }
+                Ok(sent)
+            }
+        }
+    }
+}
+
 /// Generate until the duration or count is reached (or `stop` is set); `progress` is called
 /// about once a second with (packets so far, elapsed).
 pub fn run(
@@ -153,33 +330,29 @@ pub fn run(
     }
     let (frame, cfg) = template(o)?;
     let sent = Arc::new(AtomicU64::new(0));
+    // The method every thread ended up using (live frames until one falls back).
+    let fell_back = Arc::new(AtomicBool::new(o.method == Method::AfPacket));
     let threads = o.threads.max(1);
     let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..threads {
         let (frame, stop, sent, o) = (frame.clone(), stop.clone(), sent.clone(), o.clone());
+        let fell_back = fell_back.clone();
         handles.push(std::thread::spawn(move || -> Result<()> {
             pin_cpu(t % ncpus());
-            let mut dp = Dataplane::load(&LoadOptions {
-                conntrack_entries: 64,
-                programs: &[prog_names::LOADGEN],
-                ..LoadOptions::default()
-            })?;
-            {
-                let map = dp.map_mut_by_name(map_names::LOADGEN)?;
-                let mut a: Array<_, LoadgenConfig> = Array::try_from(map)?;
-                a.set(0, cfg, 0)?;
-            }
-            let md = xdp_md(frame.len(), o.ifindex);
+            let mut sender = match o.method {
+                Method::AfPacket => Sender::packet(&o, &frame)?,
+                _ => Sender::live(&o, &frame, cfg)?,
+            };
             let per_thread_rate = o.rate.map(|r| (r / threads as u64).max(1));
-            // Rate-limited: a slice every 10 ms; flat out: large slices.
+            // Rate-limited: a slice every 10 ms; flat out: large slices (AF_PACKET sends in
+            // batches of its own within a slice).
             let slice = match per_thread_rate {
                 Some(r) => (r / 100).clamp(1, 1 << 16) as u32,
                 None => 1 << 16,
             };
             let tick = per_thread_rate.map(|r| Duration::from_secs_f64(slice as f64 / r as f64));
             let mut next = Instant::now();
-            let prog = dp.program(prog_names::LOADGEN)?;
             loop {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(());
@@ -192,14 +365,25 @@ pub fn run(
                     }
                     n = n.min((c - done) as u32);
                 }
-                let mut opts = TestRunOptions::new();
-                opts.data_in = Some(&frame);
-                opts.ctx_in = Some(&md);
-                opts.repeat = n;
-                opts.attrs = TestRunAttrs::new().xdp_live_frames(64);
-                prog.test_run(opts)
-                    .with_context(|| format!("live-frame test run on {}", o.iface))?;
-                sent.fetch_add(n as u64, Ordering::Relaxed);
+                let done = match sender.send(n, &frame, &cfg) {
+                    Ok(k) => k,
+                    // Refused before anything was sent: the same frames, by AF_PACKET.
+                    Err(e)
+                        if o.method == Method::Auto
+                            && matches!(sender, Sender::Live { .. })
+                            && live_frames_refused(&e) =>
+                    {
+                        if !fell_back.swap(true, Ordering::Relaxed) {
+                            eprintln!(
+                                "xlb loadgen: the kernel refused XDP live frames ({e:#}); sending through AF_PACKET"
+                            );
+                        }
+                        sender = Sender::packet(&o, &frame)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e.context(format!("sending on {}", o.iface))),
+                };
+                sent.fetch_add(done, Ordering::Relaxed);
                 if let Some(t) = tick {
                     next += t;
                     let now = Instant::now();
@@ -243,6 +427,11 @@ pub fn run(
         frame_size: frame.len(),
         threads,
         flows: cfg.flows,
+        method: if fell_back.load(Ordering::Relaxed) {
+            Method::AfPacket
+        } else {
+            Method::LiveFrames
+        },
     })
 }
 
@@ -307,33 +496,13 @@ mod tests {
             duration: Some(Duration::from_secs(1)),
             count: None,
             threads: 1,
+            method: Method::Auto,
         }
     }
 
-    /// Apply what the XDP program does for `flow` in plain Rust and check the checksums with an
-    /// independent parser.
     fn stamp(frame: &[u8], cfg: &LoadgenConfig, flow: u32) -> Vec<u8> {
         let mut f = frame.to_vec();
-        f[..cfg.copy_len as usize].copy_from_slice(&cfg.template[..cfg.copy_len as usize]);
-        let rd = |f: &[u8], o: u16| u16::from_ne_bytes([f[o as usize], f[o as usize + 1]]);
-        let (old_sport, old_lo) = (rd(&f, cfg.sport_off), rd(&f, cfg.saddr_lo_off));
-        let (sport, lo) = cfg.flow_fields(flow, u16::from_be(old_lo));
-        let (ns, nl) = (sport.to_be(), lo.to_be());
-        let wr = |f: &mut Vec<u8>, o: u16, v: u16| {
-            f[o as usize..o as usize + 2].copy_from_slice(&v.to_ne_bytes())
-        };
-        wr(&mut f, cfg.sport_off, ns);
-        wr(&mut f, cfg.saddr_lo_off, nl);
-        if cfg.ip_csum_off != 0 {
-            let c = lb_common::loadgen::csum_replace(rd(&f, cfg.ip_csum_off), [old_lo, 0], [nl, 0]);
-            wr(&mut f, cfg.ip_csum_off, c);
-        }
-        let c = lb_common::loadgen::csum_replace(
-            rd(&f, cfg.l4_csum_off),
-            [old_lo, old_sport],
-            [nl, ns],
-        );
-        wr(&mut f, cfg.l4_csum_off, c);
+        cfg.stamp(&mut f, flow).expect("frame holds the template");
         f
     }
 

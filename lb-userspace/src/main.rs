@@ -181,6 +181,16 @@ enum GenKind {
     Ack,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodArg {
+    /// Live frames, or AF_PACKET where the kernel refuses them.
+    Auto,
+    /// XDP live frames only.
+    LiveFrames,
+    /// An AF_PACKET socket.
+    AfPacket,
+}
+
 #[derive(clap::Args)]
 struct LoadgenArgs {
     /// Interface the frames leave from.
@@ -219,6 +229,10 @@ struct LoadgenArgs {
     /// Generator threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    /// How frames leave: XDP live frames (fastest), AF_PACKET, or live frames falling back to
+    /// AF_PACKET where the kernel refuses them.
+    #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
+    method: MethodArg,
     #[command(flatten)]
     o: OutputArg,
 }
@@ -526,6 +540,11 @@ fn loadgen_cmd(a: LoadgenArgs) -> Result<()> {
         duration: a.duration.map(std::time::Duration::from_secs_f64),
         count: a.count,
         threads: a.threads.unwrap_or_else(loadgen::ncpus),
+        method: match a.method {
+            MethodArg::Auto => loadgen::Method::Auto,
+            MethodArg::LiveFrames => loadgen::Method::LiveFrames,
+            MethodArg::AfPacket => loadgen::Method::AfPacket,
+        },
     };
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let json = a.o.output == cli::Output::Json;
@@ -551,14 +570,18 @@ fn loadgen_cmd(a: LoadgenArgs) -> Result<()> {
     } else {
         eprintln!();
         println!(
-            "sent {} packets of {} bytes in {:.2} s: {} pps, {}bit/s ({} threads, {} flows)",
+            "sent {} packets of {} bytes in {:.2} s: {} pps, {}bit/s ({} threads, {} flows, {})",
             s.packets,
             s.frame_size,
             s.seconds,
             cli::human(s.pps),
             cli::human(s.bits_per_second),
             s.threads,
-            s.flows
+            s.flows,
+            match s.method {
+                loadgen::Method::AfPacket => "AF_PACKET",
+                _ => "XDP live frames",
+            }
         );
     }
     Ok(())

@@ -31,6 +31,7 @@ fn opts(kind: Kind, src: &str, dst: &str) -> Options {
         duration: Some(Duration::from_secs(1)),
         count: None,
         threads: 1,
+        method: xlb::loadgen::Method::Auto,
     }
 }
 
@@ -55,6 +56,13 @@ fn the_generator_program_stamps_valid_distinct_flows() {
             let input = if i % 2 == 0 { &garbage } else { &frame };
             let out = dp.test_run(prog_names::LOADGEN, input).expect("run");
             assert_eq!(out.action, 3, "XDP_TX");
+            // The userspace transmit path (AF_PACKET) stamps by the same rules, byte for byte.
+            let mut expect = input.clone();
+            cfg.stamp(&mut expect, i % 3).expect("stamp");
+            assert_eq!(
+                out.frame, expect,
+                "{kind:?} run {i}: XDP and userspace stamps"
+            );
             let p = etherparse::SlicedPacket::from_ethernet(&out.frame).expect("parses");
             let port = match (&p.net, &p.transport) {
                 (

@@ -64,6 +64,7 @@ fn measure(generator: &Ns, sink: &Dataplane, dst_mac: [u8; 6], secs: f64) -> Res
             duration: Some(Duration::from_secs_f64(secs)),
             count: None,
             threads: loadgen::ncpus(),
+            method: loadgen::Method::Auto,
         };
         loadgen::run(&o, Arc::new(AtomicBool::new(false)), |_, _| {})?;
         Ok(())
