@@ -1,12 +1,9 @@
-//! The Prometheus endpoint: per-VIP and per-backend counters read from the per-CPU maps at
-//! scrape time, health and availability, data-path passes and drops by reason, control-plane
-//! counters. Labels are VIPs and backends, never flows. Names follow node_exporter's IPVS
-//! collector and Cilium (`xlb_vip_packets_total{vip="10.0.0.1:80/tcp"}`).
+//! The Prometheus text exposition of a `MetricsView` (what the daemon answers at scrape time):
+//! per-VIP and per-backend counters, health and availability, data-path passes and drops by
+//! reason, control-plane counters. Labels are VIPs and backends, never flows. Names follow
+//! node_exporter's IPVS collector and Cilium (`xlb_vip_packets_total{vip="10.0.0.1:80/tcp"}`).
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::{
     encoding::text::encode,
@@ -14,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::engine::Engine;
+use crate::api::MetricsView;
 
 type Labels = Vec<(String, String)>;
 
@@ -23,6 +20,8 @@ type Labels = Vec<(String, String)>;
 pub struct ApiCounters {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections refused for their peer's credentials.
+    pub refused: AtomicU64,
 }
 
 fn counter(r: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
@@ -45,7 +44,8 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
 }
 
 /// The text exposition of every metric, as of now.
-pub fn render(e: &Engine, api: &ApiCounters) -> String {
+pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
+    let st = &m.status;
     let mut r = Registry::with_prefix("xlb");
     let vp = counter(&mut r, "vip_packets", "Packets forwarded for the VIP.");
     let vb = counter(&mut r, "vip_bytes", "Bytes forwarded for the VIP.");
@@ -111,19 +111,19 @@ pub fn render(e: &Engine, api: &ApiCounters) -> String {
         (
             "ring_rebuilds",
             "Maglev rings rebuilt and swapped.",
-            e.ring_rebuilds,
+            st.ring_rebuilds,
         ),
         (
             "health_transitions",
             "Backend health transitions.",
-            e.health_transitions,
+            st.health_transitions,
         ),
         (
             "quorum_losses",
             "Times a VIP fell below its quorum of healthy backends.",
-            e.quorum_losses,
+            st.quorum_losses,
         ),
-        ("applies", "Configuration changes applied.", e.applies),
+        ("applies", "Configuration changes applied.", st.applies),
         (
             "api_requests",
             "Control API requests.",
@@ -134,6 +134,11 @@ pub fn render(e: &Engine, api: &ApiCounters) -> String {
             "Control API requests answered with an error.",
             api.errors.load(Ordering::Relaxed),
         ),
+        (
+            "api_refused",
+            "Control connections refused for their peer's credentials.",
+            api.refused.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, v) in scalars {
         let c = Counter::<u64>::default();
@@ -141,23 +146,18 @@ pub fn render(e: &Engine, api: &ApiCounters) -> String {
         r.register(name, help, c);
     }
     let cap = Gauge::<i64>::default();
-    cap.set(e.dp.conntrack_capacity().unwrap_or(0) as i64);
+    cap.set(st.conntrack_capacity as i64);
     r.register("conntrack_capacity", "Conntrack slots per CPU.", cap);
     let occ = Gauge::<i64>::default();
-    occ.set(e.dp.flows().map(|f| f.len()).unwrap_or(0) as i64);
+    occ.set(m.conntrack_entries as i64);
     r.register(
         "conntrack_entries",
         "Tracked flows (keys present on any CPU).",
         occ,
     );
 
-    for v in &e.cfg.vips {
-        let Some(id) = e.vip_id_of(&v.id()) else {
-            continue;
-        };
-        let name = v.id().to_string();
-        let s = e.dp.vip_stats(id).unwrap_or_default();
-        let lv = l(&[("vip", &name)]);
+    for s in &m.stats.vips {
+        let lv = l(&[("vip", &s.vip)]);
         vp.get_or_create(&lv).inc_by(s.packets);
         vb.get_or_create(&lv).inc_by(s.bytes);
         vn.get_or_create(&lv).inc_by(s.new_flows);
@@ -165,24 +165,14 @@ pub fn render(e: &Engine, api: &ApiCounters) -> String {
         vm.get_or_create(&lv).inc_by(s.conntrack_misses);
         vf.get_or_create(&lv).inc_by(s.failovers);
     }
-    let now = Instant::now();
-    for (id, m) in &e.members {
-        let lb = l(&[
-            ("vip", &m.vip.to_string()),
-            ("backend", &m.address.to_string()),
-        ]);
-        let s = e.dp.backend_stats(*id).unwrap_or_default();
-        bp.get_or_create(&lb).inc_by(s.packets);
-        bb.get_or_create(&lb).inc_by(s.bytes);
-        bn.get_or_create(&lb).inc_by(s.new_flows);
-        let h = e.health.get(id).map(|h| h.report(now));
-        up.get_or_create(&lb)
-            .set(if h.as_ref().is_none_or(|h| h.healthy) {
-                1.0
-            } else {
-                0.0
-            });
-        if let Some(h) = h {
+    for b in &m.backends {
+        let lb = l(&[("vip", &b.vip), ("backend", &b.address)]);
+        bp.get_or_create(&lb).inc_by(b.packets);
+        bb.get_or_create(&lb).inc_by(b.bytes);
+        bn.get_or_create(&lb).inc_by(b.new_flows);
+        let healthy = b.health.as_ref().is_none_or(|h| h.healthy) && b.state != "down";
+        up.get_or_create(&lb).set(if healthy { 1.0 } else { 0.0 });
+        if let Some(h) = &b.health {
             fails.get_or_create(&lb).inc_by(h.failures);
             avail.get_or_create(&lb).set(h.availability);
             if let Some(x) = h.mtbf_secs {
@@ -193,12 +183,10 @@ pub fn render(e: &Engine, api: &ApiCounters) -> String {
             }
         }
     }
-    if let Ok(rs) = e.dp.reason_stats() {
-        for (reason, c) in rs {
-            let lr = l(&[("reason", reason.name())]);
-            reasons.get_or_create(&lr).inc_by(c.packets);
-            reason_bytes.get_or_create(&lr).inc_by(c.bytes);
-        }
+    for r in &m.stats.reasons {
+        let lr = l(&[("reason", &r.reason)]);
+        reasons.get_or_create(&lr).inc_by(r.packets);
+        reason_bytes.get_or_create(&lr).inc_by(r.bytes);
     }
     let mut out = String::new();
     if encode(&mut out, &r).is_err() {

@@ -15,18 +15,7 @@ use rtnetlink::{
     },
 };
 
-/// Where frames to one backend go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NextHop {
-    /// Egress interface.
-    pub ifindex: u32,
-    pub ifname: String,
-    /// The egress interface's own MAC (source of rewritten frames).
-    pub src_mac: [u8; 6],
-    /// The neighbour frames are addressed to: the backend itself or the gateway towards it.
-    pub via: IpAddr,
-    pub dst_mac: [u8; 6],
-}
+pub use crate::state::{NextHop, Unreachable};
 
 pub struct Resolver {
     handle: Handle,
@@ -45,17 +34,28 @@ impl Resolver {
 
     /// Resolve the next hop of `addr`. With `on_link`, the backend must be directly reachable
     /// (L2 DSR): a route through a gateway is an error, not a silent misdelivery.
-    pub async fn resolve(&self, addr: IpAddr, on_link: bool) -> Result<NextHop, String> {
+    pub async fn resolve(&self, addr: IpAddr, on_link: bool) -> Result<NextHop, Unreachable> {
         self.resolve_all(&[(addr, on_link)])
             .await
             .pop()
-            .unwrap_or_else(|| Err("no answer".into()))
+            .unwrap_or_else(|| Err(Unreachable("no answer".into())))
     }
 
     /// Resolve many next hops with one link dump and one neighbour dump (plus one more per
     /// round while some neighbours are still being resolved): thousands of backends share a
     /// handful of gateways.
-    pub async fn resolve_all(&self, wanted: &[(IpAddr, bool)]) -> Vec<Result<NextHop, String>> {
+    pub async fn resolve_all(
+        &self,
+        wanted: &[(IpAddr, bool)],
+    ) -> Vec<Result<NextHop, Unreachable>> {
+        self.resolve_reasons(wanted)
+            .await
+            .into_iter()
+            .map(|r| r.map_err(Unreachable))
+            .collect()
+    }
+
+    async fn resolve_reasons(&self, wanted: &[(IpAddr, bool)]) -> Vec<Result<NextHop, String>> {
         let links = match self.links().await {
             Ok(l) => l,
             Err(e) => return wanted.iter().map(|_| Err(e.clone())).collect(),

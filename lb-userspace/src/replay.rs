@@ -20,7 +20,10 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    capture::record::{Clock, Names, Record, Summary},
+    capture::{
+        Error,
+        record::{Clock, Names, Record, Summary},
+    },
     dataplane::{Dataplane, LoadOptions},
 };
 
@@ -66,14 +69,13 @@ pub struct Replayer {
 
 impl Replayer {
     /// A private forwarder over the tables pinned in `pin_dir`.
-    pub fn new(pin_dir: &Path) -> Result<Replayer, String> {
+    pub fn new(pin_dir: &Path) -> Result<Replayer, Error> {
         let mut dp = Dataplane::load(&LoadOptions {
             conntrack_entries: REPLAY_CONNTRACK,
             share_tables_from: Some(pin_dir.to_path_buf()),
             programs: &[prog_names::FORWARD],
             ..LoadOptions::default()
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         let live_cfg = pinned_config(pin_dir)?;
         // Every packet leaves a record on the private ring: that is how the replay learns the
         // verdict, the flow and the backend.
@@ -82,17 +84,17 @@ impl Replayer {
             vip_id: CAPTURE_NO_VIP,
             outcomes: CAPTURE_ALL_OUTCOMES,
             ..Default::default()
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         let mut cfg = live_cfg;
         cfg.flags |= lb_common::CFG_F_CAPTURE;
-        dp.set_config(&cfg).map_err(|e| e.to_string())?;
+        dp.set_config(&cfg)?;
         let path = pin_dir.join(map_names::CONNTRACK);
-        let data = MapData::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let what = path.display();
+        let err = |e| Error::map(&what, e);
+        let data = MapData::from_pin(&path).map_err(err)?;
         let live_conntrack =
-            PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        let names = Names::from_vips(dp.vips().map_err(|e| e.to_string())?);
+            PerCpuHashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
+        let names = Names::from_vips(dp.vips()?);
         Ok(Replayer {
             dp,
             live_conntrack,
@@ -119,7 +121,7 @@ impl Replayer {
 
     /// Run one frame: a probe run finds its flow, the flow's conntrack entry is set to what the
     /// replay (or else the live map) has, and the real run gives the answer.
-    pub fn run(&mut self, packet: usize, frame: &[u8]) -> Result<Replayed, String> {
+    pub fn run(&mut self, packet: usize, frame: &[u8]) -> Result<Replayed, Error> {
         let probe = self.once(frame)?.0;
         let vip = (probe.hdr.vip_id != CAPTURE_NO_VIP).then_some(probe.hdr.vip_id);
         let mut live_entry = false;
@@ -175,27 +177,23 @@ impl Replayer {
         })
     }
 
-    fn once(&mut self, frame: &[u8]) -> Result<(Record, Vec<u8>), String> {
-        let out = self
-            .dp
-            .test_run(prog_names::FORWARD, frame)
-            .map_err(|e| format!("running the forwarder: {e}"))?;
-        let mut ring = self.dp.capture_ring().map_err(|e| e.to_string())?;
+    fn once(&mut self, frame: &[u8]) -> Result<(Record, Vec<u8>), Error> {
+        let out = self.dp.test_run(prog_names::FORWARD, frame)?;
+        let mut ring = self.dp.capture_ring()?;
         let mut last = None;
         while let Some(item) = ring.next() {
             last = Record::decode(&item);
         }
-        let rec = last.ok_or("the forwarder left no record of the packet")?;
+        let rec = last.ok_or(Error::Replay("the forwarder left no record of the packet"))?;
         if rec.hdr.action != out.action {
-            return Err(format!(
-                "record and result disagree (action {} vs {})",
-                rec.hdr.action, out.action
+            return Err(Error::Replay(
+                "the capture record and the run's result disagree on the action",
             ));
         }
         Ok((rec, out.frame))
     }
 
-    fn live_entry(&self, key: &FlowKey) -> Result<Option<Vec<FlowState>>, String> {
+    fn live_entry(&self, key: &FlowKey) -> Result<Option<Vec<FlowState>>, Error> {
         match self.live_conntrack.get(key, 0) {
             Ok(vals) => {
                 // The replay runs on whichever CPU it is on: the live CPU's entry is given to all.
@@ -205,32 +203,30 @@ impl Replayer {
                     .map(|v| vec![*v; vals.len()]))
             }
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(format!("reading the live conntrack: {e}")),
+            Err(e) => Err(Error::map("reading the live conntrack", e)),
         }
     }
 
-    fn private_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, FlowKey, FlowState>, String> {
-        let m = self
-            .dp
-            .map_mut_by_name(map_names::CONNTRACK)
-            .map_err(|e| e.to_string())?;
-        PerCpuHashMap::try_from(m).map_err(|e| e.to_string())
+    fn private_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, FlowKey, FlowState>, Error> {
+        let m = self.dp.map_mut_by_name(map_names::CONNTRACK)?;
+        PerCpuHashMap::try_from(m).map_err(|e| Error::map("the replay's conntrack", e))
     }
 
-    fn private_entry(&mut self, key: &FlowKey) -> Result<Option<Vec<FlowState>>, String> {
+    fn private_entry(&mut self, key: &FlowKey) -> Result<Option<Vec<FlowState>>, Error> {
         match self.private_map()?.get(key, 0) {
             Ok(v) => Ok(Some(v.iter().copied().collect())),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Error::map("the replay's conntrack", e)),
         }
     }
 
-    fn restore(&mut self, key: &FlowKey, want: Option<Vec<FlowState>>) -> Result<(), String> {
+    fn restore(&mut self, key: &FlowKey, want: Option<Vec<FlowState>>) -> Result<(), Error> {
         let mut m = self.private_map()?;
+        let err = |e| Error::map("the replay's conntrack", e);
         match want {
             Some(v) => {
-                let vals = PerCpuValues::try_from(v).map_err(|e| e.to_string())?;
-                m.insert(key, vals, 0).map_err(|e| e.to_string())
+                let vals = PerCpuValues::try_from(v).map_err(|e| err(MapError::from(e)))?;
+                m.insert(key, vals, 0).map_err(err)
             }
             None => match m.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
@@ -239,26 +235,27 @@ impl Replayer {
                 {
                     Ok(())
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(err(e)),
             },
         }
     }
 
-    fn vip_stats(&self, vip: Option<u32>) -> Result<Option<VipStats>, String> {
+    fn vip_stats(&self, vip: Option<u32>) -> Result<Option<VipStats>, Error> {
         match vip {
             None => Ok(None),
-            Some(id) => self.dp.vip_stats(id).map(Some).map_err(|e| e.to_string()),
+            Some(id) => Ok(Some(self.dp.vip_stats(id)?)),
         }
     }
 }
 
-fn pinned_config(pin_dir: &Path) -> Result<lb_common::LbConfig, String> {
+fn pinned_config(pin_dir: &Path) -> Result<lb_common::LbConfig, Error> {
     let path = pin_dir.join(map_names::CONFIG);
-    let data = MapData::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let what = path.display();
+    let err = |e| Error::map(&what, e);
+    let data = MapData::from_pin(&path).map_err(err)?;
     let a: aya::maps::Array<MapData, lb_common::LbConfig> =
-        aya::maps::Array::try_from(Map::from_map_data(data).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let mut c = a.get(&0, 0).map_err(|e| e.to_string())?;
+        aya::maps::Array::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
+    let mut c = a.get(&0, 0).map_err(err)?;
     // A capture running live must not make the replay's copy think one is wanted twice.
     c.flags &= !lb_common::CFG_F_CAPTURE;
     Ok(c)
@@ -284,14 +281,17 @@ pub struct Report {
 }
 
 /// Replay every frame of `o.file`.
-pub fn replay(o: &Options) -> Result<Report, String> {
+pub fn replay(o: &Options) -> Result<Report, Error> {
     let frames = crate::capture::pcap::read_frames(&o.file)?;
     let mut r = Replayer::new(&o.pin_dir)?;
     let same_program = o.live_program.and_then(|id| r.same_program_as(id));
     let mut writer = match &o.write {
         None => None,
         Some(p) => {
-            let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let f = std::fs::File::create(p).map_err(|source| Error::File {
+                path: p.clone(),
+                source,
+            })?;
             Some(crate::capture::pcap::NgWriter::new(
                 std::io::BufWriter::new(f),
                 65535,

@@ -122,7 +122,7 @@ impl Fixture {
         self.members.insert(vip_id, members.to_vec());
         self.publish_ring(vip_id, ring_size);
         self.model.vips.insert(key, meta);
-        let words = xlb::dataplane::vip_filter_words(self.model.vips.keys().map(|k| &k.addr));
+        let words = xlb::state::diff::filter_words(self.model.vips.keys().map(|k| &k.addr));
         self.dp.set_vip_filter(&words, &[]).expect("vip filter");
         self.dp.set_vip(&key, &meta).expect("vip");
         key

@@ -550,15 +550,8 @@ fn pinned_flags(lab: &Lab) -> u16 {
 fn a_capture_whose_client_vanished_expires_and_capture_goes_off() {
     let mut lab = Lab::new(1);
     lab.start(&lab.full_config());
-    use xlb::{api::Request, capture::Filter};
-    let start = || {
-        xlb::api::call(
-            &lab.socket,
-            Request::CaptureStart {
-                filter: Filter::default(),
-            },
-        )
-    };
+    let client = xlb::api::Client::new(&lab.socket);
+    let start = || client.capture_start(xlb::api::CaptureFilter::default());
     let first = start().expect("capture starts");
     assert_ne!(
         pinned_flags(&lab) & CFG_F_CAPTURE,
@@ -572,7 +565,7 @@ fn a_capture_whose_client_vanished_expires_and_capture_goes_off() {
             .is_some_and(|c| c.contains("frames as received")),
         "status shows the capture: {status}"
     );
-    let e = start().expect_err("one capture at a time");
+    let e = start().expect_err("one capture at a time").to_string();
     assert!(e.contains("already running"), "{e}");
     // Nobody renews: the lease (5 s) runs out and the daemon turns capture off.
     let t0 = Instant::now();
@@ -587,13 +580,14 @@ fn a_capture_whose_client_vanished_expires_and_capture_goes_off() {
     let took = t0.elapsed();
     assert!(lab.json(&["status"])["capture"].is_null());
     assert!(took > Duration::from_secs(3), "expired too early: {took:?}");
-    let session = first["session"].as_u64().expect("session") as u32;
-    let e = xlb::api::call(&lab.socket, Request::CaptureRenew { session }).expect_err("gone");
+    let e = client
+        .capture_renew(first.session)
+        .expect_err("gone")
+        .to_string();
     assert!(e.contains("expired or was stopped"), "{e}");
     // And a new capture may start.
     let second = start().expect("capture starts again");
-    let session = second["session"].as_u64().expect("session") as u32;
-    xlb::api::call(&lab.socket, Request::CaptureStop { session }).expect("stops");
+    client.capture_stop(second.session).expect("stops");
     assert_eq!(pinned_flags(&lab) & CFG_F_CAPTURE, 0);
 }
 

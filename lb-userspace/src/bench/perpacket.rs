@@ -156,7 +156,7 @@ fn setup(dp: &mut Dataplane) -> Result<()> {
         .iter()
         .map(|v| v.addr.parse::<IpAddr>().map(Addr::from))
         .collect::<Result<_, _>>()?;
-    dp.set_vip_filter(&crate::dataplane::vip_filter_words(&addrs), &[])?;
+    dp.set_vip_filter(&crate::state::diff::filter_words(&addrs), &[])?;
     Ok(())
 }
 

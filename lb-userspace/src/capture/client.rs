@@ -2,25 +2,21 @@
 //! (count, bytes, time) or the operator interrupts, write pcapng or print one line per packet,
 //! and stop the capture, renewing its lease meanwhile.
 
-use std::{
-    io::Write,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io::Write, path::PathBuf, time::Duration};
 
 use aya::maps::{Map, MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    Filter, Started, Stopped,
+    Error,
     pcap::NgWriter,
     record::{Clock, Names, Record, Summary},
 };
-use crate::api::{self, Request};
+use crate::api::{CaptureFilter, CaptureStarted, Client};
 
 pub struct Options {
-    pub filter: Filter,
+    pub filter: CaptureFilter,
     /// pcapng output; `-` is stdout (for `| tcpdump -r -`). None: print a line per packet.
     pub write: Option<PathBuf>,
     pub count: Option<u64>,
@@ -44,27 +40,15 @@ pub struct Report {
     pub ended_by: &'static str,
 }
 
-pub fn run(socket: &Path, o: &Options) -> Result<Report, String> {
-    let started: Started = serde_json::from_value(api::call(
-        socket,
-        Request::CaptureStart {
-            filter: o.filter.clone(),
-        },
-    )?)
-    .map_err(|e| format!("the daemon answered something unreadable: {e}"))?;
+pub fn run(client: &Client, o: &Options) -> Result<Report, Error> {
+    let started = client.capture_start(o.filter.clone())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
-    let result = rt.block_on(read(socket, &started, o));
+        .map_err(Error::Output)?;
+    let result = rt.block_on(read(client, &started, o));
     // Stop even when reading failed: the lease would expire anyway, but at once is better.
-    let stopped = api::call(
-        socket,
-        Request::CaptureStop {
-            session: started.session,
-        },
-    )
-    .and_then(|v| serde_json::from_value::<Stopped>(v).map_err(|e| e.to_string()));
+    let stopped = client.capture_stop(started.session);
     let mut report = result?;
     let stopped = stopped?;
     report.matched = stopped.matched;
@@ -72,14 +56,16 @@ pub fn run(socket: &Path, o: &Options) -> Result<Report, String> {
     Ok(report)
 }
 
-async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String> {
-    let data = MapData::from_pin(&s.ring).map_err(|e| format!("{}: {e}", s.ring.display()))?;
-    let map = Map::from_map_data(data).map_err(|e| e.to_string())?;
-    let ring = RingBuf::try_from(map).map_err(|e| e.to_string())?;
+async fn read(client: &Client, s: &CaptureStarted, o: &Options) -> Result<Report, Error> {
+    let what = s.ring.display();
+    let err = |e| Error::map(&what, e);
+    let data = MapData::from_pin(&s.ring).map_err(err)?;
+    let map = Map::from_map_data(data).map_err(err)?;
+    let ring = RingBuf::try_from(map).map_err(err)?;
     // SAFETY: the ring owns its fd and keeps it open, unchanged, until it is dropped with the
     // AsyncFd that owns it.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| format!("watching the capture ring: {e}"))?;
+        .map_err(|e| Error::Output(std::io::Error::other(e.to_string())))?;
     let names = Names::from_pins(&s.pin_dir).unwrap_or_default();
     let clock = Clock::now();
     let mut sink = match &o.write {
@@ -88,7 +74,10 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
             let out: Box<dyn Write> = if p.as_os_str() == "-" {
                 Box::new(std::io::stdout().lock())
             } else {
-                let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let f = std::fs::File::create(p).map_err(|source| Error::File {
+                    path: p.clone(),
+                    source,
+                })?;
                 Box::new(std::io::BufWriter::new(f))
             };
             let snap = if o.filter.snaplen == 0 {
@@ -116,7 +105,7 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
     'outer: loop {
         tokio::select! {
             guard = fd.readable_mut() => {
-                let mut guard = guard.map_err(|e| e.to_string())?;
+                let mut guard = guard.map_err(Error::Output)?;
                 while let Some(item) = guard.get_inner_mut().next() {
                     let Some(r) = Record::decode(&item) else { continue };
                     drop(item);
@@ -139,7 +128,7 @@ async fn read(socket: &Path, s: &Started, o: &Options) -> Result<Report, String>
                 sink.flush()?;
             }
             _ = renew.tick() => {
-                api::call(socket, Request::CaptureRenew { session: s.session })?;
+                client.capture_renew(s.session)?;
             }
             _ = &mut until => {
                 report.ended_by = "duration";
@@ -171,7 +160,7 @@ impl Sink {
         clock: &Clock,
         written: u64,
         max: u64,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, Error> {
         match self {
             Sink::Pcapng(w) => {
                 // pcapng block overhead is about 32 bytes plus the comment.
@@ -191,20 +180,20 @@ impl Sink {
                     return Ok(None);
                 }
                 let line = if *json {
-                    serde_json::to_string(sum).map_err(|e| e.to_string())?
+                    serde_json::to_string(sum).map_err(|e| Error::Output(e.into()))?
                 } else {
                     sum.line()
                 };
-                writeln!(std::io::stdout().lock(), "{line}").map_err(|e| e.to_string())?;
+                writeln!(std::io::stdout().lock(), "{line}").map_err(Error::Output)?;
                 Ok(Some(written + r.data.len() as u64))
             }
         }
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), Error> {
         match self {
             Sink::Pcapng(w) => w.flush(),
-            Sink::Lines { .. } => std::io::stdout().flush().map_err(|e| e.to_string()),
+            Sink::Lines { .. } => std::io::stdout().flush().map_err(Error::Output),
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use std::{borrow::Cow, io::Write, path::Path, time::Duration};
 
+use super::Error;
+
 use pcap_file::{
     DataLink,
     pcap::PcapReader,
@@ -23,8 +25,8 @@ pub struct NgWriter<W: Write> {
 }
 
 impl<W: Write> NgWriter<W> {
-    pub fn new(out: W, snaplen: u32, name: &str) -> Result<Self, String> {
-        let mut w = PcapNgWriter::new(out).map_err(|e| format!("writing pcapng: {e}"))?;
+    pub fn new(out: W, snaplen: u32, name: &str) -> Result<Self, Error> {
+        let mut w = PcapNgWriter::new(out).map_err(Error::PcapWrite)?;
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::ETHERNET,
             snaplen,
@@ -34,9 +36,7 @@ impl<W: Write> NgWriter<W> {
                 InterfaceDescriptionOption::IfTsResol(9),
             ],
         };
-        let bytes = w
-            .write_pcapng_block(idb)
-            .map_err(|e| format!("writing pcapng: {e}"))? as u64;
+        let bytes = w.write_pcapng_block(idb).map_err(Error::PcapWrite)? as u64;
         Ok(NgWriter { w, bytes })
     }
 
@@ -46,7 +46,7 @@ impl<W: Write> NgWriter<W> {
         orig_len: u32,
         data: &[u8],
         comment: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let epb = EnhancedPacketBlock {
             interface_id: 0,
             timestamp: time,
@@ -54,15 +54,12 @@ impl<W: Write> NgWriter<W> {
             data: Cow::Borrowed(data),
             options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment))],
         };
-        self.bytes += self
-            .w
-            .write_pcapng_block(epb)
-            .map_err(|e| format!("writing pcapng: {e}"))? as u64;
+        self.bytes += self.w.write_pcapng_block(epb).map_err(Error::PcapWrite)? as u64;
         Ok(())
     }
 
-    pub fn flush(&mut self) -> Result<(), String> {
-        self.w.get_mut().flush().map_err(|e| e.to_string())
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.w.get_mut().flush().map_err(Error::Output)
     }
 }
 
@@ -80,9 +77,15 @@ pub struct Frame {
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
 /// Every Ethernet frame of a pcap or pcapng file, in order.
-pub fn read_frames(path: &Path) -> Result<Vec<Frame>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let what = |e: pcap_file::PcapError| format!("{}: {e}", path.display());
+pub fn read_frames(path: &Path) -> Result<Vec<Frame>, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::File {
+        path: path.into(),
+        source,
+    })?;
+    let what = |source| Error::PcapRead {
+        path: path.into(),
+        source,
+    };
     let mut out = Vec::new();
     if bytes.starts_with(&PCAPNG_MAGIC) {
         let mut r = PcapNgReader::new(&bytes[..]).map_err(what)?;
@@ -105,7 +108,7 @@ pub fn read_frames(path: &Path) -> Result<Vec<Frame>, String> {
                 .interfaces()
                 .get(iface as usize)
                 .map(|i| i.linktype)
-                .ok_or_else(|| format!("{}: packet of an undeclared interface", path.display()))?;
+                .ok_or_else(|| Error::UndeclaredInterface(path.into()))?;
             ethernet(path, link)?;
             out.push(Frame {
                 time,
@@ -130,14 +133,14 @@ pub fn read_frames(path: &Path) -> Result<Vec<Frame>, String> {
     Ok(out)
 }
 
-fn ethernet(path: &Path, link: DataLink) -> Result<(), String> {
+fn ethernet(path: &Path, link: DataLink) -> Result<(), Error> {
     if link == DataLink::ETHERNET {
         Ok(())
     } else {
-        Err(format!(
-            "{}: link type {link:?} is not supported: the forwarder takes Ethernet frames (capture with tcpdump -i IFACE, not -i any)",
-            path.display()
-        ))
+        Err(Error::LinkType {
+            path: path.into(),
+            link: format!("{link:?}"),
+        })
     }
 }
 
@@ -202,7 +205,7 @@ mod tests {
         pcap_file::pcap::PcapWriter::with_header(&mut raw, hdr).expect("pcap");
         std::fs::write(&path, &raw).expect("write");
         let e = read_frames(&path).expect_err("not ethernet");
-        assert!(e.contains("not supported"), "{e}");
+        assert!(e.to_string().contains("not supported"), "{e}");
         std::fs::write(&path, b"garbage").expect("write");
         assert!(read_frames(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -93,12 +93,13 @@ impl Names {
         Names { vips }
     }
 
-    pub fn from_pins(pin_dir: &Path) -> Result<Names, String> {
+    pub fn from_pins(pin_dir: &Path) -> Result<Names, super::Error> {
         let path = pin_dir.join(map_names::VIPS);
-        let data = MapData::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let what = path.display();
+        let err = |e| super::Error::map(&what, e);
+        let data = MapData::from_pin(&path).map_err(err)?;
         let m: BpfHashMap<MapData, VipKey, VipMeta> =
-            BpfHashMap::try_from(Map::from_map_data(data).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
+            BpfHashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
         let vips: Vec<_> = m.iter().filter_map(Result::ok).collect();
         Ok(Names::from_vips(vips))
     }

@@ -11,28 +11,7 @@ use aya::programs::{
 };
 
 use super::{Dataplane, DataplaneError};
-
-/// How the operator asked for a program to be attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// Driver (native) XDP; falls back to generic, loudly, when the driver lacks it.
-    Native,
-    /// Generic (SKB) XDP: works everywhere, slower.
-    Generic,
-}
-
-/// The outcome of an attach.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attached {
-    pub iface: String,
-    /// The mode in effect (`Generic` after a fallback).
-    pub mode: AttachMode,
-    /// Native was asked for and refused; generic is in use.
-    pub fell_back: bool,
-    /// An existing pinned link was updated in place (hitless) rather than created.
-    pub replaced: bool,
-}
+pub use crate::{config::AttachMode, state::Attached};
 
 impl Dataplane {
     /// Attach `program` to `iface`. With `link_pin`, the link is pinned there; a link already

@@ -5,6 +5,7 @@
 
 mod attach;
 mod error;
+mod maps;
 pub mod pin;
 mod ring_map;
 
@@ -46,16 +47,6 @@ pub struct LoadOptions {
     pub share_tables_from: Option<PathBuf>,
     /// Programs to load (default: all); the others stay unloaded.
     pub programs: &'static [&'static str],
-}
-
-/// The VIP address filter (`VIP_FILTER`) holding these addresses.
-pub fn vip_filter_words<'a>(addrs: impl IntoIterator<Item = &'a lb_common::Addr>) -> Vec<u32> {
-    let mut w = vec![0u32; lb_common::VIP_FILTER_WORDS as usize];
-    for a in addrs {
-        let bit = a.filter_bit();
-        w[(bit >> 5) as usize] |= 1 << (bit & 31);
-    }
-    w
 }
 
 /// The maps `share_tables_from` shares: what the forwarder reads and never writes.
@@ -494,4 +485,16 @@ impl From<ProgramError> for DataplaneError {
     fn from(source: ProgramError) -> Self {
         DataplaneError::Program { source }
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the clock of `bpf_ktime_get_coarse_ns`, and the base of the
+/// `CLOCK` the daemon writes for conntrack stamps.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -3,7 +3,6 @@
 //! backend delays nobody. A task reports only transitions, after `rise` consecutive successes or
 //! `fall` consecutive failures, so a flapping backend cannot churn the rings faster than that.
 
-pub mod avail;
 pub mod probe;
 
 use std::{
@@ -130,7 +129,10 @@ async fn run(
         };
         let result = match tokio::time::timeout(timeout, probe::probe(t.addr, c)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("timeout after {} ms", c.timeout_ms)),
+            Err(_) => Err(probe::ProbeFailure(format!(
+                "timeout after {} ms",
+                c.timeout_ms
+            ))),
         };
         drop(permit);
         let transition = match result {

@@ -15,15 +15,32 @@ use crate::config::{HealthCheck, ProbeKind};
 /// Largest HTTP answer read (status line, headers and the start of the body).
 const HTTP_READ_MAX: u64 = 64 * 1024;
 
-fn io_reason(e: std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
-        _ => e.to_string(),
+/// Why a probe failed, in a few words for the transition log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProbeFailure(pub String);
+
+impl From<String> for ProbeFailure {
+    fn from(s: String) -> Self {
+        ProbeFailure(s)
     }
 }
 
-pub async fn probe(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
+impl From<&str> for ProbeFailure {
+    fn from(s: &str) -> Self {
+        ProbeFailure(s.to_string())
+    }
+}
+
+fn io_reason(e: std::io::Error) -> ProbeFailure {
+    ProbeFailure(match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        _ => e.to_string(),
+    })
+}
+
+pub async fn probe(addr: SocketAddr, c: &HealthCheck) -> Result<(), ProbeFailure> {
     match c.kind {
         ProbeKind::None => Ok(()),
         ProbeKind::Tcp => TcpStream::connect(addr)
@@ -38,13 +55,13 @@ pub async fn probe(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
             let s = TcpStream::connect(addr).await.map_err(io_reason)?;
             let name = match &c.host {
                 Some(h) => ServerName::try_from(h.clone())
-                    .map_err(|e| format!("server name {h:?}: {e}"))?,
+                    .map_err(|e| ProbeFailure(format!("server name {h:?}: {e}")))?,
                 None => ServerName::IpAddress(addr.ip().into()),
             };
             let tls = tls::connector()
                 .connect(name, s)
                 .await
-                .map_err(|e| format!("TLS handshake: {e}"))?;
+                .map_err(|e| ProbeFailure(format!("TLS handshake: {e}")))?;
             http(tls, addr, c).await
         }
         ProbeKind::Udp => udp(addr, c).await,
@@ -55,7 +72,7 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     addr: SocketAddr,
     c: &HealthCheck,
-) -> Result<(), String> {
+) -> Result<(), ProbeFailure> {
     let host = c.host.clone().unwrap_or_else(|| match addr {
         SocketAddr::V4(a) => a.ip().to_string(),
         SocketAddr::V6(a) => format!("[{}]", a.ip()),
@@ -78,21 +95,21 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
         .strip_prefix("HTTP/1.")
         .and_then(|r| r.get(2..5))
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| "no HTTP status line in the answer".to_string())?;
-    let (lo, hi) = c.status_range()?;
+        .ok_or_else(|| ProbeFailure::from("no HTTP status line in the answer"))?;
+    let (lo, hi) = c.status_range().map_err(|e| ProbeFailure(e.to_string()))?;
     if !(lo..=hi).contains(&status) {
-        return Err(format!("HTTP status {status}"));
+        return Err(ProbeFailure(format!("HTTP status {status}")));
     }
     if let Some(want) = &c.body {
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
         if !body.contains(want.as_str()) {
-            return Err(format!("body lacks {want:?}"));
+            return Err(ProbeFailure(format!("body lacks {want:?}")));
         }
     }
     Ok(())
 }
 
-async fn udp(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
+async fn udp(addr: SocketAddr, c: &HealthCheck) -> Result<(), ProbeFailure> {
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -109,7 +126,7 @@ async fn udp(addr: SocketAddr, c: &HealthCheck) -> Result<(), String> {
     if let Some(want) = &c.expect
         && !String::from_utf8_lossy(&buf[..n]).contains(want.as_str())
     {
-        return Err(format!("answer lacks {want:?}"));
+        return Err(ProbeFailure(format!("answer lacks {want:?}")));
     }
     Ok(())
 }
@@ -301,7 +318,7 @@ mod tests {
         // Plain HTTP spoken to a TLS client fails the handshake.
         let (plain, _h) = http_once("HTTP/1.1 200 OK\r\n\r\n").await;
         let e = probe(plain, &c).await.expect_err("not TLS");
-        assert!(e.starts_with("TLS handshake"), "{e}");
+        assert!(e.0.starts_with("TLS handshake"), "{e}");
     }
 
     #[tokio::test]

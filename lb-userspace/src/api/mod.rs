@@ -1,18 +1,20 @@
-//! The control API between `xlb` commands and the daemon: one JSON request per connection on a
-//! unix socket, answered by one JSON response. Versioned; oversized or malformed requests are
-//! answered with an error and change nothing.
+//! The control API between `xlb` commands and the daemon, and nothing else: one JSON request
+//! per connection on a unix socket, answered by one JSON response. Versioned; oversized or
+//! malformed requests are answered with an error and change nothing. The daemon and the CLI
+//! meet here: requests (`Request`), typed answers (`view`), and the client (`client`).
+
+pub mod client;
+pub mod view;
 
 use std::{
-    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::net::UnixStream,
-    path::Path,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BackendConfig, Protocol, Vip, VipRef};
+pub use self::{client::Client, view::*};
+use crate::config::{BackendConfig, Change, Protocol, Vip, VipRef};
 
 pub const API_VERSION: u32 = 1;
 /// Largest request accepted (a full config of a thousand backends is ~100 KiB).
@@ -64,6 +66,8 @@ pub enum Request {
     },
     Export,
     Stats,
+    /// Everything the Prometheus endpoint exports (status, stats, backends), in one answer.
+    Metrics,
     Flows {
         vip: Option<VipRef>,
         limit: usize,
@@ -77,7 +81,7 @@ pub enum Request {
     },
     /// Turn capture on with this filter; answered with a session and a lease to renew.
     CaptureStart {
-        filter: crate::capture::Filter,
+        filter: CaptureFilter,
     },
     CaptureRenew {
         session: u32,
@@ -111,62 +115,70 @@ impl Response {
             data: None,
         }
     }
+    /// A typed answer.
+    pub fn of<T: Serialize>(v: &T) -> Response {
+        match serde_json::to_value(v) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e),
+        }
+    }
 }
 
-/// Decode one request; every failure becomes a message for the client.
-pub fn decode(bytes: &[u8]) -> Result<Request, String> {
+/// Why a request could not be read; answered to the client, nothing changes.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("request larger than {MAX_REQUEST} bytes")]
+    TooLarge,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("API version {0} is not supported (this daemon speaks version {API_VERSION})")]
+    Version(u32),
+}
+
+/// Decode one request.
+pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
     if bytes.len() > MAX_REQUEST {
-        return Err(format!("request larger than {MAX_REQUEST} bytes"));
+        return Err(DecodeError::TooLarge);
     }
     // Read the version first so a newer client gets a version error, not a schema error.
     #[derive(Deserialize)]
     struct Probe {
         version: Option<u32>,
     }
-    let probe: Probe =
-        serde_json::from_slice(bytes).map_err(|e| format!("malformed request: {e}"))?;
+    let malformed = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
+    let probe: Probe = serde_json::from_slice(bytes).map_err(malformed)?;
     match probe.version {
         Some(API_VERSION) => {}
-        Some(v) => {
-            return Err(format!(
-                "API version {v} is not supported (this daemon speaks version {API_VERSION})"
-            ));
-        }
-        None => return Err("malformed request: no version".into()),
+        Some(v) => return Err(DecodeError::Version(v)),
+        None => return Err(DecodeError::Malformed("no version".into())),
     }
-    let env: Envelope =
-        serde_json::from_slice(bytes).map_err(|e| format!("malformed request: {e}"))?;
+    let env: Envelope = serde_json::from_slice(bytes).map_err(malformed)?;
     Ok(env.request)
 }
 
-/// Send one request to the daemon at `socket` and wait for its answer.
-pub fn call(socket: &Path, request: Request) -> Result<serde_json::Value, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach the xlb daemon at {}: {e} (is `xlb daemon` running? --socket selects another)",
-            socket.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))
-        .map_err(|e| e.to_string())?;
-    let body = serde_json::to_vec(&Envelope {
-        version: API_VERSION,
-        request,
-    })
-    .map_err(|e| e.to_string())?;
-    s.write_all(&body)
-        .map_err(|e| format!("sending request: {e}"))?;
-    s.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)
-        .map_err(|e| format!("reading the daemon's answer: {e}"))?;
-    let r: Response = serde_json::from_slice(&out)
-        .map_err(|e| format!("the daemon answered something unreadable: {e}"))?;
-    if r.ok {
-        Ok(r.data.unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(r.error.unwrap_or_else(|| "unknown error".into()))
+impl Request {
+    /// The configuration edit a request asks for; other requests are given back.
+    pub fn into_change(self) -> Result<Change, Box<Request>> {
+        Ok(match self {
+            Request::VipAdd { vip } => Change::VipAdd(vip),
+            Request::VipRemove { vip } => Change::VipRemove(vip),
+            Request::BackendAdd { vip, backend } => Change::BackendAdd { vip, backend },
+            Request::BackendRemove { vip, address, now } => {
+                Change::BackendRemove { vip, address, now }
+            }
+            Request::BackendSet {
+                vip,
+                address,
+                weight,
+                drain,
+            } => Change::BackendSet {
+                vip,
+                address,
+                weight,
+                drain,
+            },
+            other => return Err(Box::new(other)),
+        })
     }
 }
 
@@ -187,25 +199,13 @@ mod tests {
         })
         .expect("encode");
         assert_eq!(decode(&bytes), Ok(r));
+        let err = |b: &[u8]| decode(b).expect_err("rejected").to_string();
+        assert!(err(b"{").starts_with("malformed request"));
         assert!(
-            decode(b"{")
-                .expect_err("rejected")
-                .starts_with("malformed request")
-        );
-        assert!(
-            decode(br#"{"version":9,"request":{"op":"status"}}"#)
-                .expect_err("rejected")
+            err(br#"{"version":9,"request":{"op":"status"}}"#)
                 .contains("version 9 is not supported")
         );
-        assert!(
-            decode(br#"{"version":1,"request":{"op":"reboot"}}"#)
-                .expect_err("rejected")
-                .contains("unknown variant")
-        );
-        assert!(
-            decode(&vec![b' '; MAX_REQUEST + 1])
-                .expect_err("rejected")
-                .contains("larger than")
-        );
+        assert!(err(br#"{"version":1,"request":{"op":"reboot"}}"#).contains("unknown variant"));
+        assert!(err(&vec![b' '; MAX_REQUEST + 1]).contains("larger than"));
     }
 }

@@ -1,8 +1,7 @@
-//! Availability accounting of one backend from its observed transitions.
+//! Health of one backend as the daemon recorded it, and its availability (MTBF, MTTR) from
+//! the observed transitions. Pure: times are given, never read.
 
 use std::time::{Duration, Instant};
-
-use serde::Serialize;
 
 #[derive(Clone, Debug)]
 pub struct Health {
@@ -18,8 +17,9 @@ pub struct Health {
     born: Instant,
 }
 
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct Availability {
+/// What `Health::report` derives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
     pub healthy: bool,
     pub since_secs: f64,
     pub failures: u64,
@@ -34,8 +34,7 @@ pub struct Availability {
 }
 
 impl Health {
-    pub fn new(up: bool, reason: &str) -> Health {
-        let now = Instant::now();
+    pub fn new(up: bool, reason: &str, now: Instant) -> Health {
         Health {
             up,
             since: now,
@@ -67,7 +66,7 @@ impl Health {
         true
     }
 
-    pub fn report(&self, now: Instant) -> Availability {
+    pub fn report(&self, now: Instant) -> Report {
         let current = now.duration_since(self.since);
         let (up, down) = if self.up {
             (self.up_total + current, self.down_total)
@@ -82,7 +81,7 @@ impl Health {
             (Some(b), Some(r)) if b + r > 0.0 => b / (b + r),
             _ => uptime,
         };
-        Availability {
+        Report {
             healthy: self.up,
             since_secs: current.as_secs_f64(),
             failures: self.failures,
@@ -102,9 +101,7 @@ mod tests {
     #[test]
     fn mtbf_mttr_and_availability_follow_the_transitions() {
         let t0 = Instant::now();
-        let mut h = Health::new(true, "start");
-        h.born = t0;
-        h.since = t0;
+        let mut h = Health::new(true, "start", t0);
         let s = |x: u64| t0 + Duration::from_secs(x);
         assert!(h.set(false, "down", s(90)));
         assert!(!h.set(false, "again", s(91)));

@@ -1,7 +1,100 @@
-//! What the daemon reports: the JSON shapes of `status`, `vip list`, `backend list`, `stats`,
-//! `flows` and `explain` (printed as-is with `-o json`, as tables otherwise).
+//! What the daemon answers: the JSON shapes of `status`, `vip list`, `backend list`, `stats`,
+//! `flows`, `explain`, applies and captures (printed as-is with `-o json`, as tables
+//! otherwise). Fields are only ever added.
+
+use std::{net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::VipRef;
+
+/// What an apply changed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub vips_added: usize,
+    pub vips_removed: usize,
+    pub vips_changed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub backends_draining: usize,
+    pub rings_swapped: usize,
+    pub map_writes: usize,
+    pub elapsed_us: u64,
+}
+
+/// `config export`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportView {
+    /// The running configuration as TOML.
+    pub config: String,
+}
+
+/// A backend's health and availability over the daemon's lifetime.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Availability {
+    pub healthy: bool,
+    pub since_secs: f64,
+    pub failures: u64,
+    pub uptime_percent: f64,
+    /// Mean time between failures (seconds up per failure); `None` before the first failure.
+    pub mtbf_secs: Option<f64>,
+    /// Mean time to repair (seconds down per recovery); `None` before the first recovery.
+    pub mttr_secs: Option<f64>,
+    /// MTBF / (MTBF + MTTR) once both are known, otherwise the uptime fraction.
+    pub availability: f64,
+    pub reason: String,
+}
+
+/// What to capture, as the operator asks for it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFilter {
+    pub vip: Option<VipRef>,
+    pub backend: Option<IpAddr>,
+    /// Outcome names (`forward`, a reason such as `drop_no_backend`) or groups (`forwards`,
+    /// `drops`, `passes`, `all`); empty: all.
+    #[serde(default)]
+    pub outcomes: Vec<String>,
+    /// Keep one matching packet in this many (0 and 1: every one).
+    #[serde(default)]
+    pub sample: u32,
+    /// Frame bytes to keep (0: as many as a record holds).
+    #[serde(default)]
+    pub snaplen: u32,
+    /// Record frames as sent (encapsulated or rewritten) rather than as received.
+    #[serde(default)]
+    pub output: bool,
+}
+
+/// A capture the daemon started.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaptureStarted {
+    pub session: u32,
+    /// The pinned ring to read.
+    pub ring: PathBuf,
+    /// The daemon's pin directory (VIP names are read from its `VIPS`).
+    pub pin_dir: PathBuf,
+    pub lease_ms: u64,
+}
+
+/// A capture stopped.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct CaptureStopped {
+    /// Packets that matched the filter and the sampling while the capture ran.
+    pub matched: u64,
+    /// Of those, records lost because the ring was full (the reader fell behind).
+    pub lost: u64,
+}
+
+/// Everything `/metrics` exports, in one answer of the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetricsView {
+    pub status: StatusView,
+    pub stats: StatsView,
+    pub backends: Vec<BackendView>,
+    /// Tracked flows (keys present on any CPU).
+    pub conntrack_entries: u64,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusView {
@@ -68,7 +161,7 @@ pub struct BackendView {
     pub new_flows: u64,
     /// Health and availability (backends with a health check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<crate::health::avail::Availability>,
+    pub health: Option<Availability>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

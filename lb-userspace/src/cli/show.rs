@@ -1,0 +1,232 @@
+//! `xlb status`, `stats`, `flows`, `explain`: what the daemon and the forwarder are doing.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Result, anyhow};
+
+use super::output::{OutputArg, human, print_json, table};
+use crate::{
+    api::{Client, StatsView},
+    config::{Protocol, VipRef},
+};
+
+pub fn status(client: &Client, o: OutputArg) -> Result<()> {
+    let s = client.status()?;
+    if o.json() {
+        return print_json(&s);
+    }
+    println!(
+        "xlb {} up {}s, pins {}{}",
+        s.version,
+        s.uptime_secs,
+        s.pin_dir,
+        if s.adopted { " (adopted)" } else { "" }
+    );
+    println!("forwarder program id {}", s.forward_program_id);
+    for i in &s.interfaces {
+        let note = if i.mode != i.requested {
+            " (FALLBACK from native)"
+        } else {
+            ""
+        };
+        println!("  interface {}: {} XDP{note}", i.name, i.mode);
+    }
+    if s.interfaces.is_empty() {
+        println!("  no interfaces attached");
+    }
+    println!(
+        "VIPs {}, backends {} (up {}, health down {}, drained {}, removing {}, next hop unresolved {}); {} health transitions",
+        s.vips,
+        s.backends,
+        s.backends_up,
+        s.backends_down,
+        s.backends_drained,
+        s.backends_removing,
+        s.backends_unresolved,
+        s.health_transitions
+    );
+    if !s.below_quorum.is_empty() {
+        println!("below quorum: {}", s.below_quorum.join(", "));
+    }
+    if let Some(c) = &s.capture {
+        println!("capture running: {c}");
+    }
+    println!(
+        "conntrack capacity {} flows/CPU; {} applies, {} ring rebuilds",
+        s.conntrack_capacity, s.applies, s.ring_rebuilds
+    );
+    Ok(())
+}
+
+fn render_stats(s: &StatsView) -> String {
+    let mut out = String::new();
+    let vips = s
+        .vips
+        .iter()
+        .map(|v| {
+            vec![
+                v.vip.clone(),
+                v.packets.to_string(),
+                v.bytes.to_string(),
+                human(v.pps),
+                human(v.bps),
+                v.new_flows.to_string(),
+                v.conntrack_hits.to_string(),
+                v.conntrack_misses.to_string(),
+                v.failovers.to_string(),
+            ]
+        })
+        .collect();
+    out += &table(
+        &[
+            "VIP",
+            "PACKETS",
+            "BYTES",
+            "PPS",
+            "BPS",
+            "NEW-FLOWS",
+            "CT-HITS",
+            "CT-MISSES",
+            "FAILOVERS",
+        ],
+        vips,
+    );
+    out.push('\n');
+    let backends = s
+        .backends
+        .iter()
+        .map(|b| {
+            vec![
+                b.vip.clone(),
+                b.address.clone(),
+                b.packets.to_string(),
+                b.bytes.to_string(),
+                human(b.pps),
+                human(b.bps),
+                b.new_flows.to_string(),
+            ]
+        })
+        .collect();
+    out += &table(
+        &[
+            "VIP",
+            "BACKEND",
+            "PACKETS",
+            "BYTES",
+            "PPS",
+            "BPS",
+            "NEW-FLOWS",
+        ],
+        backends,
+    );
+    out.push('\n');
+    let reasons = s
+        .reasons
+        .iter()
+        .filter(|r| r.packets > 0)
+        .map(|r| vec![r.reason.clone(), r.packets.to_string(), r.bytes.to_string()])
+        .collect();
+    out += &table(&["PASS/DROP REASON", "PACKETS", "BYTES"], reasons);
+    out
+}
+
+pub fn stats(client: &Client, o: OutputArg, watch: Option<u64>) -> Result<()> {
+    loop {
+        let s = client.stats()?;
+        if o.json() {
+            print_json(&s)?;
+        } else {
+            if watch.is_some() {
+                // Clear the screen between refreshes, like `watch`.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render_stats(&s));
+        }
+        match watch {
+            Some(secs) => std::thread::sleep(Duration::from_secs(secs.max(1))),
+            None => return Ok(()),
+        }
+    }
+}
+
+pub fn flows(client: &Client, vip: Option<VipRef>, limit: usize, o: OutputArg) -> Result<()> {
+    let f = client.flows(vip, limit)?;
+    if o.json() {
+        return print_json(&f);
+    }
+    let rows = f
+        .flows
+        .into_iter()
+        .map(|f| {
+            vec![
+                f.src,
+                f.dst,
+                f.protocol,
+                f.backend,
+                format!("{:?}", f.cpus),
+                f.idle_ms.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["SOURCE", "VIP", "PROTO", "BACKEND", "CPUS", "IDLE-MS"],
+            rows
+        )
+    );
+    if f.truncated {
+        println!("(more flows than --limit {limit})");
+    }
+    Ok(())
+}
+
+pub fn explain(client: &Client, src: SocketAddr, dst: &str, syn: bool, o: OutputArg) -> Result<()> {
+    let (sock, proto) = dst
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow!("{dst:?}: expected ADDRESS:PORT/PROTOCOL"))?;
+    let protocol = match proto {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        p => return Err(anyhow!("{dst:?}: protocol {p:?} is not tcp or udp")),
+    };
+    let dst: SocketAddr = sock
+        .parse()
+        .map_err(|_| anyhow!("{sock:?} is not ADDRESS:PORT"))?;
+    let e = client.explain(src, dst, protocol, syn)?;
+    if o.json() {
+        return print_json(&e);
+    }
+    println!("{}", e.flow);
+    match (&e.vip, e.verdict.as_str()) {
+        (None, _) => println!(
+            "  not a VIP: passed to the kernel ({})",
+            e.reason.unwrap_or_default()
+        ),
+        (Some(vip), "forward") => {
+            println!("  VIP {vip} (hash {})", e.hash.unwrap_or_default());
+            let backend = e.backend.unwrap_or_else(|| "?".into());
+            let id = e.backend_id.unwrap_or(0);
+            match e.how.as_deref() {
+                Some("tracked") => println!(
+                    "  -> backend {backend} (id {id}): tracked flow (conntrack entry on CPU {:?})",
+                    e.tracked_on_cpus
+                ),
+                Some("failover") => println!(
+                    "  -> backend {backend} (id {id}): its tracked backend is down; re-picked at ring slot {} of {}",
+                    e.slot.unwrap_or(0),
+                    e.ring_size.unwrap_or(0)
+                ),
+                _ => println!(
+                    "  -> backend {backend} (id {id}): ring slot {} of {} (no conntrack entry)",
+                    e.slot.unwrap_or(0),
+                    e.ring_size.unwrap_or(0)
+                ),
+            }
+        }
+        (Some(vip), verdict) => {
+            println!("  VIP {vip}: {verdict} ({})", e.reason.unwrap_or_default())
+        }
+    }
+    Ok(())
+}

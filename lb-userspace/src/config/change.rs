@@ -1,0 +1,136 @@
+//! The rules of the CLI's edits (`vip add`, `backend drain`, `set-weight`, ...) as properties
+//! of the model: a `Change` turns one valid configuration into another or says why not.
+
+use std::net::IpAddr;
+
+use super::{
+    model::{BackendConfig, Config, Vip, VipRef},
+    validate::ConfigError,
+};
+
+/// One operator edit of the desired configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    VipAdd(Vip),
+    VipRemove(VipRef),
+    BackendAdd {
+        vip: VipRef,
+        backend: BackendConfig,
+    },
+    /// Removed with draining unless `now`.
+    BackendRemove {
+        vip: VipRef,
+        address: IpAddr,
+        now: bool,
+    },
+    /// Weight and/or drain state of one backend.
+    BackendSet {
+        vip: VipRef,
+        address: IpAddr,
+        weight: Option<u32>,
+        drain: Option<bool>,
+    },
+}
+
+/// What to do with backends that leave the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Drain first: no new flows, tracked flows continue until idle or the drain timeout.
+    Drain,
+    /// Immediately: marked down, tracked flows are re-picked.
+    Now,
+}
+
+/// Why an edit cannot be made; nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("VIP {0} already exists; remove it first or change it with `xlb apply`")]
+    VipExists(VipRef),
+    #[error("no VIP {0} (see `xlb vip list`)")]
+    NoVip(VipRef),
+    #[error("{vip} already has backend {address}")]
+    BackendExists { vip: VipRef, address: IpAddr },
+    #[error("{vip} has no backend {address}")]
+    NoBackend { vip: VipRef, address: IpAddr },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+impl Config {
+    /// The configuration after `change`, validated, and how vanished backends leave.
+    pub fn apply_change(&self, change: Change) -> Result<(Config, Removal), ChangeError> {
+        let mut cfg = self.clone();
+        let mut removal = Removal::Drain;
+        match change {
+            Change::VipAdd(vip) => {
+                if cfg.vip(&vip.id()).is_some() {
+                    return Err(ChangeError::VipExists(vip.id()));
+                }
+                cfg.vips.push(vip);
+            }
+            Change::VipRemove(vip) => {
+                let before = cfg.vips.len();
+                cfg.vips.retain(|v| v.id() != vip);
+                if cfg.vips.len() == before {
+                    return Err(ChangeError::NoVip(vip));
+                }
+            }
+            Change::BackendAdd { vip, backend } => {
+                let v = cfg.vip_mut(&vip).ok_or(ChangeError::NoVip(vip))?;
+                if v.backends.iter().any(|b| b.address == backend.address) {
+                    return Err(ChangeError::BackendExists {
+                        vip,
+                        address: backend.address,
+                    });
+                }
+                v.backends.push(backend);
+            }
+            Change::BackendRemove { vip, address, now } => {
+                let v = cfg.vip_mut(&vip).ok_or(ChangeError::NoVip(vip))?;
+                let before = v.backends.len();
+                v.backends.retain(|b| b.address != address);
+                if v.backends.len() == before {
+                    return Err(ChangeError::NoBackend { vip, address });
+                }
+                if now {
+                    removal = Removal::Now;
+                }
+            }
+            Change::BackendSet {
+                vip,
+                address,
+                weight,
+                drain,
+            } => {
+                let v = cfg.vip_mut(&vip).ok_or(ChangeError::NoVip(vip))?;
+                let b = v
+                    .backends
+                    .iter_mut()
+                    .find(|b| b.address == address)
+                    .ok_or(ChangeError::NoBackend { vip, address })?;
+                if let Some(w) = weight {
+                    b.weight = w;
+                }
+                if let Some(d) = drain {
+                    b.drain = d;
+                }
+            }
+        }
+        cfg.validate()?;
+        Ok((cfg, removal))
+    }
+
+    /// A document for `xlb apply`: without a `[daemon]` table, `running`'s settings stand.
+    pub fn parse_apply(text: &str, running: &Config) -> Result<Config, ConfigError> {
+        let has_daemon = text
+            .parse::<toml::Table>()
+            .map(|t| t.contains_key("daemon"))
+            .unwrap_or(false);
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
+        if !has_daemon {
+            cfg.daemon = running.daemon.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

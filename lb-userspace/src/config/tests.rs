@@ -1,0 +1,147 @@
+//! Parsing, validation and the CLI edit rules.
+
+use super::*;
+
+const GOOD: &str = r#"
+[forwarding]
+encap_source_v4 = "10.0.0.1"
+
+[[interface]]
+name = "eth0"
+
+[[vip]]
+address = "10.100.0.1"
+port = 80
+protocol = "tcp"
+hash = "src-ip"
+
+[[vip.backend]]
+address = "10.0.1.1"
+weight = 2
+
+[[vip.backend]]
+address = "10.0.1.2"
+drain = true
+"#;
+
+#[test]
+fn parses_and_round_trips() {
+    let c = Config::parse(GOOD).expect("valid");
+    assert_eq!(c.vips[0].hash, HashMode::SrcIp);
+    assert_eq!(c.vips[0].backends[1].weight, 1);
+    assert!(c.vips[0].backends[1].drain);
+    assert_eq!(c.interfaces[0].mode, AttachMode::Native);
+    let again = Config::parse(&c.to_toml()).expect("export parses");
+    assert_eq!(again, c);
+}
+
+#[test]
+fn reports_every_error_with_its_place() {
+    let bad = GOOD.replace("weight = 2", "weight = 70000").replace(
+        "[[vip.backend]]\naddress = \"10.0.1.2\"",
+        "[[vip.backend]]\naddress = \"10.0.1.1\"",
+    ) + "\n[daemon]\nring_size = 65536\n";
+    let e = Config::parse(&bad).expect_err("invalid");
+    let text = e.to_string();
+    assert_eq!(e.0.len(), 3, "{text}");
+    assert!(
+        text.contains("daemon.ring_size: 65536 must be a prime"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vip[0] 10.100.0.1:80/tcp backend[0] 10.0.1.1: weight 70000"),
+        "{text}"
+    );
+    assert!(text.contains("backend[1] 10.0.1.1: listed twice"), "{text}");
+}
+
+#[test]
+fn syntax_and_unknown_keys_point_at_the_line() {
+    let e = Config::parse(
+        "[[vip]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\nwieght = 3\n",
+    )
+    .expect_err("unknown key");
+    let text = e.to_string();
+    assert!(text.contains("line 5") && text.contains("wieght"), "{text}");
+    let e = Config::parse("[[vip]]\naddress = 10.0.0.1\n").expect_err("syntax");
+    assert!(e.to_string().contains("line 2"), "{e}");
+}
+
+#[test]
+fn health_checks_parse_inherit_and_validate() {
+    let text = GOOD.replace(
+        "hash = \"src-ip\"\n",
+        "hash = \"src-ip\"\n\n[vip.health]\ntype = \"http\"\npath = \"/healthz\"\nstatus = \"200-299\"\n",
+    );
+    let c = Config::parse(&text).expect("valid");
+    let v = &c.vips[0];
+    let h = v.check_for(&v.backends[0]).expect("inherited");
+    assert_eq!(
+        (h.kind, h.interval_ms, h.rise, h.fall),
+        (ProbeKind::Http, 2000, 2, 3)
+    );
+    assert_eq!(h.status_range(), Ok((200, 299)));
+    assert_eq!(Config::parse(&c.to_toml()).expect("round trip"), c);
+
+    let bad = text.replace(
+        "status = \"200-299\"",
+        "status = \"299-200\"\ntimeout_ms = 5000",
+    ) + "\n[[vip]]\naddress = \"10.100.0.2\"\nport = 0\nprotocol = \"udp\"\n[vip.health]\ntype = \"udp\"\n";
+    let e = Config::parse(&bad).expect_err("invalid").to_string();
+    assert!(e.contains("status \"299-200\": empty range"), "{e}");
+    assert!(
+        e.contains("timeout_ms 5000 must be at least 10 and at most interval_ms"),
+        "{e}"
+    );
+    assert!(
+        e.contains("vip[1] 10.100.0.2:0/udp health: a wildcard VIP's health check needs a port"),
+        "{e}"
+    );
+    assert!(e.contains("a udp health check needs a payload"), "{e}");
+
+    let bad = GOOD.replace(
+        "hash = \"src-ip\"\n",
+        "hash = \"src-ip\"\nquorum = 3\non_quorum_loss = \"fallback\"\nfallback = [\"10.9.9.9\"]\n",
+    );
+    let e = Config::parse(&bad).expect_err("invalid").to_string();
+    assert!(
+        e.contains("quorum must be between 1 and the number of backends (2)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("fallback 10.9.9.9 is not one of this VIP's backends"),
+        "{e}"
+    );
+}
+
+#[test]
+fn encapsulation_needs_a_source() {
+    let e =
+        Config::parse(&GOOD.replace("encap_source_v4 = \"10.0.0.1\"", "")).expect_err("no source");
+    assert!(
+        e.to_string().contains("needs forwarding.encap_source_v4"),
+        "{e}"
+    );
+}
+
+#[test]
+fn vip_refs_parse_and_print() {
+    for s in ["10.0.0.1:80/tcp", "[2001:db8::1]:443/udp", "10.0.0.1:0/tcp"] {
+        let r: VipRef = s.parse().expect(s);
+        assert_eq!(r.to_string(), s);
+    }
+    for s in [
+        "10.0.0.1:80",
+        "10.0.0.1/tcp",
+        "10.0.0.1:80/sctp",
+        "host:80/tcp",
+    ] {
+        assert!(s.parse::<VipRef>().is_err(), "{s}");
+    }
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let c = Config::parse(include_str!("../../../dist/xlb.toml")).expect("dist/xlb.toml");
+    assert_eq!(c.vips.len(), 2);
+}

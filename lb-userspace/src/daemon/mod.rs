@@ -1,0 +1,254 @@
+//! `xlb daemon`: load (or adopt) the data plane, restore the desired state, then run the owner
+//! task (`owner`) fed by the control socket (`server`), the health monitor, the clock and drain
+//! housekeeping (`housekeeping`) and the admin endpoint (`admin`). On SIGTERM/SIGINT the pinned
+//! maps and links stay, so forwarding continues until the next daemon adopts them; `--detach`
+//! removes them.
+
+mod admin;
+pub mod capture;
+mod handlers;
+mod housekeeping;
+pub mod owner;
+pub mod query;
+pub mod server;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, DEFAULT_PATH, Removal},
+    dataplane::{Dataplane, LoadOptions, PinState, monotonic_coarse_ns},
+    health::Monitor,
+    metrics::ApiCounters,
+    nexthop::Resolver,
+    state::{Clock, Env, Resolved, State, persist},
+};
+
+pub struct Options {
+    pub config: Option<PathBuf>,
+    /// Remove maps, links and pins on exit instead of leaving forwarding running.
+    pub detach: bool,
+}
+
+/// The times an operation of the owner runs at.
+pub(crate) fn clock() -> Clock {
+    Clock {
+        now: Instant::now(),
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        mono_ns: monotonic_coarse_ns(),
+    }
+}
+
+/// An interface's index in this network namespace.
+pub(crate) fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Stable digest of the config file's text, to notice edits between runs.
+fn digest(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn read_config(opts: &Options) -> Result<(Config, Option<String>)> {
+    let (path, explicit) = match &opts.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let cfg =
+                Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok((cfg, Some(digest(&text))))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            info!(path = %path.display(), "no configuration file; starting empty");
+            Ok((Config::default(), None))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Hold an exclusive lock for this daemon's lifetime: two daemons on one state would fight.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening lock {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another xlb daemon holds {}; stop it first (or give this one its own [daemon] socket)",
+            path.display()
+        );
+    }
+    Ok(f)
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let (file_cfg, file_digest) = read_config(&opts)?;
+    let d = file_cfg.daemon.clone();
+    let lock_path = d.socket.with_extension("lock");
+    let _lock = lock(&lock_path)?;
+
+    let saved = persist::load(&d.state_file)?;
+    let mut dp = Dataplane::load(&LoadOptions {
+        conntrack_entries: d.conntrack_entries,
+        pin_dir: Some(d.pin_dir.clone()),
+        ..LoadOptions::default()
+    })
+    .context("loading the data plane")?;
+    let adopted = dp.pin_state() == PinState::Adopted;
+    info!(pin_dir = %d.pin_dir.display(), adopted, "data plane loaded");
+    let node = query::Node {
+        pin_dir: d.pin_dir.display().to_string(),
+        adopted,
+        forward_program_id: dp.program_id(lb_common::prog_names::FORWARD).unwrap_or(0),
+    };
+    let resolver = Arc::new(Resolver::new().context("opening rtnetlink")?);
+    let nr_cpus = aya::util::nr_cpus().map(|n| n as u16).unwrap_or(0);
+    let mut state = State::new(d.clone(), nr_cpus, Instant::now());
+
+    let desired = match &saved {
+        Some(s) if s.seeded_from == file_digest => {
+            info!(state = %d.state_file.display(), vips = s.config.vips.len(), "restoring saved state");
+            Config {
+                daemon: d.clone(),
+                ..s.config.clone()
+            }
+        }
+        Some(_) => {
+            info!("configuration file changed since the state was saved; applying the file");
+            file_cfg.clone()
+        }
+        None => {
+            if adopted {
+                warn!(
+                    "pinned maps found but no saved state: backend ids are reassigned, so tracked flows may be re-picked once"
+                );
+            }
+            file_cfg.clone()
+        }
+    };
+    if let Some(s) = &saved {
+        state.restore(s, Instant::now());
+    }
+    state.set_seeded_from(file_digest);
+    let mut store = persist::FileStore {
+        path: d.state_file.clone(),
+    };
+    let missing = state.missing_nexthops(&desired);
+    let answers = resolver.resolve_all(&missing).await;
+    let resolved: Resolved = missing.into_iter().zip(answers).collect();
+    {
+        let mut env = Env {
+            maps: &mut dp,
+            store: &mut store,
+            ifindex: &ifindex,
+            clock: clock(),
+        };
+        // The first apply runs before housekeeping does: stamps need the clock.
+        state.tick_clock(&mut env)?;
+        let report = state.apply(&mut env, desired, Removal::Drain, &resolved)?;
+        info!(?report, "desired state applied");
+        match state.sweep_orphans(&mut env) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                entries = n,
+                "removed map entries no saved state accounted for"
+            ),
+            Err(e) => warn!(error = %e, "sweeping orphaned map entries"),
+        }
+    }
+
+    let listener = server::bind(&d.socket, d.socket_group.as_deref())?;
+    let api = Arc::new(ApiCounters::default());
+    let (tx, rx) = mpsc::channel(1024);
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let owner = owner::Owner::new(
+        state,
+        dp,
+        store,
+        node,
+        Monitor::new(health_tx),
+        resolver,
+        tx.clone(),
+    );
+    let owner_task = tokio::spawn(owner.run(rx));
+    let to_owner = tx.clone();
+    tokio::spawn(async move {
+        while let Some(t) = health_rx.recv().await {
+            if to_owner.send(owner::Command::Health(t)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    info!(socket = %d.socket.display(), "ready");
+
+    tokio::spawn(server::serve(
+        listener,
+        tx.clone(),
+        api.clone(),
+        server::Access::new(d.socket_group.as_deref())?,
+    ));
+    if !d.metrics_listen.is_empty() {
+        let l = tokio::net::TcpListener::bind(&d.metrics_listen)
+            .await
+            .with_context(|| format!("binding the admin endpoint {}", d.metrics_listen))?;
+        info!(listen = %d.metrics_listen, "metrics at /metrics, probes at /livez and /readyz");
+        tokio::spawn(admin::serve(l, tx.clone(), api.clone()));
+    }
+    tokio::spawn(housekeeping::run(
+        tx.clone(),
+        Duration::from_secs(d.nexthop_refresh_secs as u64),
+    ));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&d.socket);
+    let (reply, done) = tokio::sync::oneshot::channel();
+    if tx
+        .send(owner::Command::Shutdown {
+            detach: opts.detach,
+            reply,
+        })
+        .await
+        .is_ok()
+    {
+        let _ = done.await;
+    }
+    let _ = owner_task.await;
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! Answers to the read-only requests (status, lists, stats, flows, explain, metrics), made
+//! from the state and the maps as `api` views. Nothing here writes.
+
+use std::{collections::HashMap, net::SocketAddr, time::Instant};
+
+use lb_common::{
+    Addr, Backend, FlowKey, VipKey, VipMeta,
+    decision::{self, PKT_NORMAL, Packet, Pick, Tables},
+    family_of,
+    stats::{BackendStats, VipStats},
+};
+
+use super::capture::Lease;
+use crate::{
+    api::{
+        Availability, BackendStatsView, BackendView, ExplainView, FlowView, FlowsView, IfaceView,
+        MetricsView, ReasonView, StatsView, StatusView, VipStatsView, VipView,
+    },
+    config::{Protocol, VipRef},
+    state::{Maps, State, health},
+};
+
+/// Facts about the daemon's data plane that do not change while it runs.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub pin_dir: String,
+    pub adopted: bool,
+    pub forward_program_id: u32,
+}
+
+/// What a query reads.
+pub struct Ctx<'a> {
+    pub state: &'a State,
+    pub maps: &'a dyn Maps,
+    pub sampler: &'a Sampler,
+    pub capture: Option<&'a Lease>,
+    pub node: &'a Node,
+    pub now: Instant,
+    /// `CLOCK_MONOTONIC_COARSE` in ns, for flow idle times.
+    pub mono_ns: u64,
+}
+
+/// Counter samples for rates.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    pub vips: HashMap<u32, VipStats>,
+    pub backends: HashMap<u32, BackendStats>,
+}
+
+#[derive(Default)]
+pub struct Sampler {
+    /// Recent samples, oldest first (at most a few seconds).
+    samples: Vec<(Instant, Snapshot)>,
+}
+
+impl Sampler {
+    pub fn record(&mut self, at: Instant, s: Snapshot) {
+        self.samples.push((at, s));
+        if self.samples.len() > 3 {
+            self.samples.remove(0);
+        }
+    }
+    /// The most recent sample at least half a second older than `now`.
+    fn base(&self, now: Instant) -> Option<&(Instant, Snapshot)> {
+        self.samples
+            .iter()
+            .rev()
+            .find(|(t, _)| now.duration_since(*t).as_secs_f64() >= 0.5)
+    }
+}
+
+/// The counters of every published VIP and member.
+pub fn snapshot(state: &State, maps: &dyn Maps) -> Snapshot {
+    let mut s = Snapshot::default();
+    for meta in state.published().vips.values() {
+        if let Ok(v) = maps.vip_stats(meta.vip_id) {
+            s.vips.insert(meta.vip_id, v);
+        }
+    }
+    for id in state.members().keys() {
+        if let Ok(b) = maps.backend_stats(*id) {
+            s.backends.insert(*id, b);
+        }
+    }
+    s
+}
+
+fn availability(r: health::Report) -> Availability {
+    Availability {
+        healthy: r.healthy,
+        since_secs: r.since_secs,
+        failures: r.failures,
+        uptime_percent: r.uptime_percent,
+        mtbf_secs: r.mtbf_secs,
+        mttr_secs: r.mttr_secs,
+        availability: r.availability,
+        reason: r.reason,
+    }
+}
+
+fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn status(c: &Ctx) -> StatusView {
+    let s = c.state.summary();
+    let n = c.state.counters();
+    StatusView {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: c.now.duration_since(c.state.started()).as_secs(),
+        pin_dir: c.node.pin_dir.clone(),
+        adopted: c.node.adopted,
+        forward_program_id: c.node.forward_program_id,
+        interfaces: c
+            .state
+            .attached()
+            .iter()
+            .map(|a| IfaceView {
+                name: a.name.clone(),
+                requested: kebab(&a.requested),
+                mode: kebab(&a.mode),
+            })
+            .collect(),
+        vips: s.vips,
+        backends: s.backends,
+        backends_up: s.up,
+        backends_down: s.down,
+        health_transitions: n.health_transitions,
+        below_quorum: c
+            .state
+            .below_quorum()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        quorum_losses: n.quorum_losses,
+        backends_drained: s.drained,
+        backends_removing: s.removing,
+        backends_unresolved: s.unresolved,
+        conntrack_capacity: c.maps.conntrack_capacity().unwrap_or(0),
+        capture: c.capture.map(Lease::describe),
+        applies: n.applies,
+        ring_rebuilds: n.ring_rebuilds,
+    }
+}
+
+pub fn vip_list(c: &Ctx) -> Vec<VipView> {
+    let cfg = c.state.cfg();
+    cfg.vips
+        .iter()
+        .map(|v| VipView {
+            vip: v.id().to_string(),
+            id: c.state.ids().vip_id(&v.id()).unwrap_or(0),
+            hash: kebab(&v.hash),
+            forwarding: kebab(&v.forwarding),
+            conntrack: v.conntrack,
+            ring_size: cfg.ring_size(v),
+            backends: v.backends.len(),
+            in_ring: v
+                .backends
+                .iter()
+                .filter(|b| !b.drain && b.weight > 0)
+                .count(),
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no VIP {0} (see `xlb vip list`)")]
+pub struct NoVip(pub VipRef);
+
+pub fn backend_list(c: &Ctx, only: Option<VipRef>) -> Result<Vec<BackendView>, NoVip> {
+    let cfg = c.state.cfg();
+    if let Some(v) = &only
+        && cfg.vip(v).is_none()
+    {
+        return Err(NoVip(*v));
+    }
+    let mut out = Vec::new();
+    for v in &cfg.vips {
+        if only.is_some_and(|o| o != v.id()) {
+            continue;
+        }
+        let vip_id = c.state.ids().vip_id(&v.id()).unwrap_or(0);
+        let mut slots: HashMap<u32, u32> = HashMap::new();
+        for id in c.maps.ring(vip_id).unwrap_or_default() {
+            *slots.entry(id).or_default() += 1;
+        }
+        let mut rows: Vec<(std::net::IpAddr, u32, &str, bool)> = v
+            .backends
+            .iter()
+            .map(|b| {
+                let state = if b.drain || b.weight == 0 {
+                    "drained"
+                } else {
+                    "up"
+                };
+                (b.address, b.weight, state, v.check_for(b).is_some())
+            })
+            .collect();
+        for r in c.state.removing().iter().filter(|r| r.vip == v.id()) {
+            rows.push((r.address, 0, "removing", false));
+        }
+        for (address, weight, state, probed) in rows {
+            let id = c.state.ids().backend_id(&v.id(), &address).unwrap_or(0);
+            let m = c.state.members().get(&id);
+            let health = c.state.health().get(&id);
+            let mut state = state.to_string();
+            if health.is_some_and(|h| !h.up) {
+                state = "down".into();
+            }
+            if m.is_some_and(|m| m.unresolved.is_some()) {
+                state = "unresolved".into();
+            }
+            let st = c.maps.backend_stats(id).unwrap_or_default();
+            out.push(BackendView {
+                vip: v.id().to_string(),
+                address: address.to_string(),
+                id,
+                weight,
+                state,
+                slots: slots.get(&id).copied().unwrap_or(0),
+                next_hop: m.and_then(|m| m.nexthop.as_ref()).map(|n| {
+                    format!(
+                        "{} via {} {}",
+                        crate::nexthop::format_mac(&n.dst_mac),
+                        n.via,
+                        n.ifname
+                    )
+                }),
+                packets: st.packets,
+                bytes: st.bytes,
+                new_flows: st.new_flows,
+                health: health
+                    .filter(|_| probed)
+                    .map(|h| availability(h.report(c.now))),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub fn stats(c: &Ctx) -> StatsView {
+    let cur = snapshot(c.state, c.maps);
+    let base = c.sampler.base(c.now);
+    let dt = base
+        .map(|(t, _)| c.now.duration_since(*t).as_secs_f64())
+        .unwrap_or(0.0);
+    let rate = |new: u64, old: Option<u64>| -> f64 {
+        match old {
+            Some(o) if dt > 0.0 => new.saturating_sub(o) as f64 / dt,
+            _ => 0.0,
+        }
+    };
+    let mut out = StatsView {
+        interval_secs: dt,
+        ..StatsView::default()
+    };
+    for v in &c.state.cfg().vips {
+        let Some(id) = c.state.ids().vip_id(&v.id()) else {
+            continue;
+        };
+        let s = cur.vips.get(&id).copied().unwrap_or_default();
+        let old = base.and_then(|(_, b)| b.vips.get(&id));
+        out.vips.push(VipStatsView {
+            vip: v.id().to_string(),
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            conntrack_hits: s.conntrack_hits,
+            conntrack_misses: s.conntrack_misses,
+            failovers: s.failovers,
+            pps: rate(s.packets, old.map(|o| o.packets)),
+            bps: rate(s.bytes, old.map(|o| o.bytes)) * 8.0,
+        });
+    }
+    for (id, m) in c.state.members() {
+        let s = cur.backends.get(id).copied().unwrap_or_default();
+        let old = base.and_then(|(_, b)| b.backends.get(id));
+        out.backends.push(BackendStatsView {
+            vip: m.vip.to_string(),
+            address: m.address.to_string(),
+            packets: s.packets,
+            bytes: s.bytes,
+            new_flows: s.new_flows,
+            pps: rate(s.packets, old.map(|o| o.packets)),
+            bps: rate(s.bytes, old.map(|o| o.bytes)) * 8.0,
+        });
+    }
+    if let Ok(reasons) = c.maps.reason_stats() {
+        for (k, r) in reasons {
+            out.reasons.push(ReasonView {
+                reason: k.name().into(),
+                packets: r.packets,
+                bytes: r.bytes,
+            });
+        }
+    }
+    out
+}
+
+fn flow_key(src: SocketAddr, dst: SocketAddr, protocol: Protocol) -> FlowKey {
+    FlowKey {
+        src: Addr::from(src.ip()),
+        dst: Addr::from(dst.ip()),
+        src_port_be: src.port().to_be(),
+        dst_port_be: dst.port().to_be(),
+        proto: protocol.number(),
+        family: family_of(&dst.ip()),
+        _pad: [0; 2],
+    }
+}
+
+fn sock(ip: std::net::IpAddr, port: u16) -> String {
+    SocketAddr::new(ip, port).to_string()
+}
+
+pub fn flows(
+    c: &Ctx,
+    vip: Option<VipRef>,
+    limit: usize,
+) -> Result<FlowsView, crate::state::MapsError> {
+    let mut out = FlowsView {
+        flows: Vec::new(),
+        truncated: false,
+    };
+    for (k, states) in c.maps.flows()? {
+        let Some(proto) = Protocol::from_number(k.proto) else {
+            continue;
+        };
+        let dst_ip = k.dst.to_ip(k.family);
+        let dport = u16::from_be(k.dst_port_be);
+        if let Some(v) = &vip
+            && (v.address != dst_ip || v.protocol != proto || (v.port != 0 && v.port != dport))
+        {
+            continue;
+        }
+        let Some(first) = states.first() else {
+            continue;
+        };
+        if out.flows.len() >= limit {
+            out.truncated = true;
+            break;
+        }
+        let last = states.iter().map(|s| s.last_seen_ns).max().unwrap_or(0);
+        let id = first.backend_id;
+        out.flows.push(FlowView {
+            src: sock(k.src.to_ip(k.family), u16::from_be(k.src_port_be)),
+            dst: sock(dst_ip, dport),
+            protocol: kebab(&proto),
+            backend: c
+                .state
+                .members()
+                .get(&id)
+                .map(|m| m.address.to_string())
+                .unwrap_or_else(|| format!("(removed id {id})")),
+            backend_id: id,
+            cpus: (0..states.len()).collect(),
+            idle_ms: c.mono_ns.saturating_sub(last) / 1_000_000,
+        });
+    }
+    Ok(out)
+}
+
+/// The live tables as the decision reads them; never writes.
+struct Live<'a> {
+    c: &'a Ctx<'a>,
+    cpus: Vec<usize>,
+}
+
+impl Tables for Live<'_> {
+    fn vip(&self, key: &VipKey) -> Option<VipMeta> {
+        self.c.state.published().vips.get(key).copied()
+    }
+    fn tracked(&mut self, key: &FlowKey) -> Option<u32> {
+        let entries = self.c.maps.flow(key).ok()?;
+        self.cpus = entries.iter().map(|(c, _)| *c).collect();
+        entries.first().map(|(_, s)| s.backend_id)
+    }
+    fn backend(&self, id: u32) -> Option<&Backend> {
+        self.c.state.members().get(&id).map(|m| &m.value)
+    }
+    fn ring_entry(&self, vip_id: u32, slot: u32) -> Option<u32> {
+        self.c.maps.ring_entry(vip_id, slot).ok()
+    }
+    fn track(&mut self, _: &FlowKey, _: u32) {}
+}
+
+pub fn explain(
+    c: &Ctx,
+    src: SocketAddr,
+    dst: SocketAddr,
+    protocol: Protocol,
+    syn: bool,
+) -> ExplainView {
+    let pkt = Packet {
+        key: flow_key(src, dst, protocol),
+        kind: PKT_NORMAL,
+        syn,
+    };
+    let mut t = Live {
+        c,
+        cpus: Vec::new(),
+    };
+    let cfg = c.state.cfg();
+    let flow = format!("{src} -> {dst}/{}", kebab(&protocol));
+    let vip = decision::lookup_vip(&t, &pkt).ok();
+    let vip_name = vip.and_then(|m| {
+        cfg.vips
+            .iter()
+            .find(|v| c.state.ids().vip_id(&v.id()) == Some(m.vip_id))
+            .map(|v| (v.id().to_string(), kebab(&v.hash)))
+    });
+    let mut out = ExplainView {
+        flow,
+        vip: vip_name.as_ref().map(|v| v.0.clone()),
+        verdict: "forward".into(),
+        reason: None,
+        backend: None,
+        backend_id: None,
+        how: None,
+        slot: None,
+        ring_size: vip.map(|m| m.ring_size),
+        hash: vip_name.map(|v| v.1),
+        tracked_on_cpus: Vec::new(),
+    };
+    match decision::route(&mut t, &pkt, cfg.forwarding.hash_seed) {
+        Ok(d) => {
+            out.backend_id = Some(d.backend_id);
+            out.backend = c
+                .state
+                .members()
+                .get(&d.backend_id)
+                .map(|m| m.address.to_string());
+            out.how = Some(
+                match d.pick {
+                    Pick::Tracked => "tracked",
+                    Pick::Ring => "ring",
+                    Pick::Failover => "failover",
+                }
+                .into(),
+            );
+            if d.pick != Pick::Tracked {
+                out.slot = Some(d.slot);
+            }
+        }
+        Err(r) => {
+            let name = r.name();
+            out.verdict = if name.starts_with("pass") {
+                "pass"
+            } else {
+                "drop"
+            }
+            .into();
+            out.reason = Some(name.into());
+        }
+    }
+    out.tracked_on_cpus = t.cpus;
+    out
+}
+
+/// Everything the Prometheus endpoint exports.
+pub fn metrics(c: &Ctx) -> MetricsView {
+    MetricsView {
+        status: status(c),
+        stats: stats(c),
+        backends: backend_list(c, None).unwrap_or_default(),
+        conntrack_entries: c.maps.flows().map(|f| f.len() as u64).unwrap_or(0),
+    }
+}
