@@ -169,3 +169,232 @@ pub fn encap_entropy(key: &FlowKey) -> u32 {
         key.proto as u32,
     )
 }
+
+/// Every kind of pick, through the shared decision over the reference model's tables.
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use alloc::{vec, vec::Vec};
+
+    use super::*;
+    use crate::{
+        consts::{BACKEND_F_DOWN, FAMILY_V4, PROTO_TCP, PROTO_UDP},
+        model::Model,
+        types::Addr,
+    };
+
+    const SEED: u32 = 7;
+    const RING: u32 = 13;
+
+    fn a(x: u8) -> Addr {
+        Addr::v4(u32::from_ne_bytes([10, 0, 0, x]))
+    }
+
+    fn key(dst: u8, dport: u16, sport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src: Addr::v4(u32::from_ne_bytes([192, 0, 2, 1])),
+            dst: a(dst),
+            src_port_be: sport.to_be(),
+            dst_port_be: dport.to_be(),
+            proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+
+    fn pkt(k: FlowKey, syn: bool) -> Packet {
+        Packet {
+            key: k,
+            kind: PKT_NORMAL,
+            syn,
+        }
+    }
+
+    fn backend(vip_id: u32) -> Backend {
+        Backend {
+            addr: a(100),
+            family: FAMILY_V4,
+            vip: Backend::vip_tag(vip_id),
+            ..Backend::default()
+        }
+    }
+
+    /// VIP 10.0.0.1:80/tcp (id 0) over backends 1 and 2 (ring alternating 1, 2); a stateless
+    /// VIP 10.0.0.1:53/udp (id 1) on backend 3; a wildcard 10.0.0.2:*/udp (id 2) on 4; an
+    /// empty VIP 10.0.0.3:80/tcp (id 3).
+    fn model() -> Model {
+        let mut m = Model {
+            seed: SEED,
+            ..Model::default()
+        };
+        let vip = |addr: Addr, port: u16, proto: u8| VipKey {
+            addr,
+            port_be: port.to_be(),
+            proto,
+            family: FAMILY_V4,
+        };
+        let meta = |vip_id, ring_size, flags| VipMeta {
+            vip_id,
+            ring_size,
+            hash_mode: crate::consts::HASH_FIVE_TUPLE,
+            fwd_mode: 0,
+            flags,
+        };
+        m.vips.insert(vip(a(1), 80, PROTO_TCP), meta(0, RING, 0));
+        m.vips
+            .insert(vip(a(1), 53, PROTO_UDP), meta(1, RING, VIP_F_NO_CONNTRACK));
+        m.vips.insert(vip(a(2), 0, PROTO_UDP), meta(2, RING, 0));
+        m.vips.insert(vip(a(3), 80, PROTO_TCP), meta(3, 0, 0));
+        m.rings
+            .insert(0, (0..RING).map(|i| 1 + i % 2).collect::<Vec<_>>());
+        m.rings.insert(1, vec![3; RING as usize]);
+        m.rings.insert(2, vec![4; RING as usize]);
+        for (id, vip_id) in [(1, 0), (2, 0), (3, 1), (4, 2)] {
+            m.backends.insert(id, backend(vip_id));
+        }
+        m
+    }
+
+    fn slot_of(k: &FlowKey) -> u32 {
+        crate::hash::flow_hash(k, crate::consts::HASH_FIVE_TUPLE, SEED) % RING
+    }
+
+    #[test]
+    fn a_new_flow_takes_its_ring_slot_and_is_tracked() {
+        let mut m = model();
+        let k = key(1, 80, 40000, PROTO_TCP);
+        let d = m.route(&pkt(k, true)).expect("forwarded");
+        assert_eq!(d.pick, Pick::Ring);
+        assert_eq!(d.slot, slot_of(&k));
+        assert_eq!(d.backend_id, 1 + slot_of(&k) % 2);
+        assert_eq!(m.conntrack.get(&k), Some(&d.backend_id));
+    }
+
+    #[test]
+    fn a_tracked_flow_keeps_its_backend_whatever_the_ring_says() {
+        let mut m = model();
+        let k = key(1, 80, 40001, PROTO_TCP);
+        let ring_pick = 1 + slot_of(&k) % 2;
+        let other = 3 - ring_pick;
+        m.conntrack.insert(k, other);
+        let d = m.route(&pkt(k, false)).expect("forwarded");
+        assert_eq!((d.pick, d.backend_id), (Pick::Tracked, other));
+    }
+
+    #[test]
+    fn a_syn_re_picks_through_the_ring_and_rewrites_the_entry() {
+        let mut m = model();
+        let k = key(1, 80, 40002, PROTO_TCP);
+        let ring_pick = 1 + slot_of(&k) % 2;
+        m.conntrack.insert(k, 3 - ring_pick);
+        let d = m.route(&pkt(k, true)).expect("forwarded");
+        assert_eq!((d.pick, d.backend_id), (Pick::Ring, ring_pick));
+        assert_eq!(m.conntrack.get(&k), Some(&ring_pick));
+    }
+
+    #[test]
+    fn a_flow_tracked_on_a_down_backend_fails_over_through_the_ring() {
+        let mut m = model();
+        let k = key(1, 80, 40003, PROTO_TCP);
+        let ring_pick = 1 + slot_of(&k) % 2;
+        let dead = 3 - ring_pick;
+        m.conntrack.insert(k, dead);
+        if let Some(b) = m.backends.get_mut(&dead) {
+            b.state = BACKEND_F_DOWN;
+        }
+        let d = m.route(&pkt(k, false)).expect("forwarded");
+        assert_eq!((d.pick, d.backend_id), (Pick::Failover, ring_pick));
+        assert_eq!(m.conntrack.get(&k), Some(&ring_pick), "entry rewritten");
+    }
+
+    #[test]
+    fn a_tracked_id_now_serving_another_vip_is_a_new_flow() {
+        let mut m = model();
+        let k = key(1, 80, 40004, PROTO_TCP);
+        m.conntrack.insert(k, 3); // backend 3 belongs to VIP id 1
+        let d = m.route(&pkt(k, false)).expect("forwarded");
+        assert_eq!(d.pick, Pick::Ring);
+        assert_eq!(d.backend_id, 1 + slot_of(&k) % 2);
+    }
+
+    #[test]
+    fn a_stateless_vip_follows_the_ring_and_tracks_nothing() {
+        let mut m = model();
+        let k = key(1, 53, 5353, PROTO_UDP);
+        let d = m.route(&pkt(k, false)).expect("forwarded");
+        assert_eq!((d.pick, d.backend_id), (Pick::Ring, 3));
+        assert!(m.conntrack.is_empty());
+    }
+
+    #[test]
+    fn a_port_without_its_own_vip_falls_back_to_the_wildcard() {
+        let mut m = model();
+        let d = m
+            .route(&pkt(key(2, 9999, 1, PROTO_UDP), false))
+            .expect("wildcard");
+        assert_eq!((d.vip.vip_id, d.backend_id), (2, 4));
+        assert_eq!(
+            m.route(&pkt(key(1, 9999, 1, PROTO_TCP), false)),
+            Err(Reason::PassNotVip),
+            "no wildcard on 10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn an_empty_or_broken_ring_drops() {
+        let mut m = model();
+        assert_eq!(
+            m.route(&pkt(key(3, 80, 1, PROTO_TCP), true)),
+            Err(Reason::DropNoBackend)
+        );
+        m.rings.insert(0, vec![0; RING as usize]);
+        assert_eq!(
+            m.route(&pkt(key(1, 80, 1, PROTO_TCP), true)),
+            Err(Reason::DropNoBackend),
+            "a zero slot"
+        );
+        m.rings.insert(0, vec![77; RING as usize]);
+        assert_eq!(
+            m.route(&pkt(key(1, 80, 1, PROTO_TCP), true)),
+            Err(Reason::DropBadBackend),
+            "an id without a backend"
+        );
+    }
+
+    #[test]
+    fn fragments_hash_on_addresses_through_the_wildcard_and_are_never_tracked() {
+        let mut m = model();
+        let mut p = pkt(key(2, 0, 0, PROTO_UDP), false);
+        p.kind = PKT_FRAGMENT;
+        let d = m.route(&p).expect("forwarded");
+        assert_eq!(d.vip.hash_mode, HASH_SRC_DST_IP);
+        assert_eq!(d.backend_id, 4);
+        assert!(m.conntrack.is_empty());
+        let mut p = pkt(key(1, 0, 0, PROTO_TCP), false);
+        p.kind = PKT_FRAGMENT;
+        assert_eq!(m.route(&p), Err(Reason::PassFragment));
+    }
+
+    #[test]
+    fn icmp_errors_follow_their_flow_and_create_nothing() {
+        let mut m = model();
+        let k = key(1, 80, 40005, PROTO_TCP);
+        let mut p = pkt(k, false);
+        p.kind = PKT_ICMP_ERROR;
+        let d = m.route(&p).expect("forwarded");
+        assert_eq!(d.pick, Pick::Ring);
+        assert!(m.conntrack.is_empty(), "an error never creates state");
+        m.conntrack.insert(k, 2);
+        assert_eq!(m.route(&p).map(|d| d.backend_id), Ok(2));
+        let mut p = pkt(key(9, 80, 1, PROTO_TCP), false);
+        p.kind = PKT_ICMP_ERROR;
+        assert_eq!(m.route(&p), Err(Reason::PassIcmp));
+    }
+
+    #[test]
+    fn explain_does_not_touch_conntrack() {
+        let m = model();
+        let k = key(1, 80, 40006, PROTO_TCP);
+        assert_eq!(m.explain(&pkt(k, true)).map(|d| d.pick), Ok(Pick::Ring));
+        assert!(m.conntrack.is_empty());
+    }
+}

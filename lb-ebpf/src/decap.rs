@@ -11,10 +11,11 @@ use lb_common::{
 };
 
 use crate::{
-    encap::{read_l2, write_l2},
+    access::read,
     hdr::*,
+    l2::{read_l2, write_l2},
     maps::{DECAP_ADDRS, DECAP_STATS},
-    parse::{l2, read},
+    parse::l2,
 };
 
 #[inline(always)]

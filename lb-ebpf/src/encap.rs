@@ -5,75 +5,36 @@ use core::mem::size_of;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
-    Backend, FAMILY_V6, FWD_GUE, FWD_L2, LbConfig, MTU_DEFAULT, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    Backend, FAMILY_V6, FWD_GUE, FWD_L2, LbConfig, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
     decision::encap_entropy, stats::Reason,
 };
 
 use crate::{
+    access::{bound_l3, write},
     csum,
     hdr::*,
-    icmp,
+    l2::{L2, write_l2},
     maps::TX_PORTS,
-    parse::{Parsed, bound_l3, read, write},
-    stats::Verdict,
+    parse::Parsed,
+    verdict::Verdict,
 };
 
-/// The L2 header of a frame (Ethernet and up to two VLAN tags), saved across head adjustments.
-#[derive(Clone, Copy)]
-pub struct L2 {
-    pub eth: EthHdr,
-    pub tags: [[u8; 4]; 2],
-    pub len: usize,
-}
-
+/// Bytes the encapsulation adds in front of the IP packet (0 for L2 DSR).
 #[inline(always)]
-pub fn read_l2(ctx: &XdpContext, l3_off: usize) -> Result<L2, Verdict> {
-    let l3_off = bound_l3(l3_off)?;
-    let mut l2 = L2 {
-        eth: read(ctx, 0)?,
-        tags: [[0; 4]; 2],
-        len: 14,
+pub fn overhead(b: &Backend, fwd_mode: u8) -> usize {
+    if fwd_mode == FWD_L2 {
+        return 0;
+    }
+    let ip_len = if b.family == FAMILY_V6 {
+        size_of::<Ipv6Hdr>()
+    } else {
+        size_of::<Ipv4Hdr>()
     };
-    if l3_off >= 18 {
-        l2.tags[0] = read(ctx, 14)?;
-        l2.len = 18;
+    if fwd_mode == FWD_GUE {
+        ip_len + size_of::<UdpHdr>()
+    } else {
+        ip_len
     }
-    if l3_off >= 22 {
-        l2.tags[1] = read(ctx, 18)?;
-        l2.len = 22;
-    }
-    Ok(l2)
-}
-
-/// Write `l2` at the head of the frame with new MACs and the innermost ethertype replaced.
-#[inline(always)]
-pub fn write_l2(
-    ctx: &XdpContext,
-    l2: &L2,
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto_be: u16,
-) -> Result<(), Verdict> {
-    let mut eth = EthHdr {
-        dst,
-        src,
-        proto_be: l2.eth.proto_be,
-    };
-    let mut tags = l2.tags;
-    let proto = proto_be.to_ne_bytes();
-    match l2.len {
-        14 => eth.proto_be = proto_be,
-        18 => tags[0][2..4].copy_from_slice(&proto),
-        _ => tags[1][2..4].copy_from_slice(&proto),
-    }
-    write::<EthHdr>(ctx, 0, eth)?;
-    if l2.len >= 18 {
-        write::<[u8; 4]>(ctx, 14, tags[0])?;
-    }
-    if l2.len >= 22 {
-        write::<[u8; 4]>(ctx, 18, tags[1])?;
-    }
-    Ok(())
 }
 
 #[inline(always)]
@@ -90,11 +51,11 @@ fn transmit(b: &Backend) -> Result<u32, Verdict> {
 pub fn send(
     ctx: &XdpContext,
     p: &Parsed,
+    l2: &L2,
     b: &Backend,
     fwd_mode: u8,
     cfg: &LbConfig,
 ) -> Result<u32, Verdict> {
-    let l2 = read_l2(ctx, p.l3_off)?;
     let src_mac = if b.src_mac == [0; 6] {
         l2.eth.dst
     } else {
@@ -108,7 +69,7 @@ pub fn send(
     };
 
     if fwd_mode == FWD_L2 {
-        write_l2(ctx, &l2, b.dst_mac, src_mac, inner_proto_be)?;
+        write_l2(ctx, l2, b.dst_mac, src_mac, inner_proto_be)?;
         return transmit(b);
     }
 
@@ -124,14 +85,6 @@ pub fn send(
         0
     };
     let overhead = ip_len + udp_len;
-    let mtu = if cfg.mtu == 0 { MTU_DEFAULT } else { cfg.mtu } as usize;
-    if p.l3_len + overhead > mtu {
-        if p.df {
-            return icmp::too_big(ctx, p, &l2, (mtu - overhead) as u32);
-        }
-        return Err(Verdict::drop(Reason::DropTooBig));
-    }
-
     // SAFETY: ctx.ctx is the live xdp_md of this invocation.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return Err(Verdict::drop(Reason::DropAdjust));
@@ -141,7 +94,7 @@ pub fn send(
     } else {
         ETH_P_IPV4_BE
     };
-    write_l2(ctx, &l2, b.dst_mac, src_mac, outer_proto_be)?;
+    write_l2(ctx, l2, b.dst_mac, src_mac, outer_proto_be)?;
 
     let entropy = encap_entropy(&p.pkt.key);
     let proto = if udp_len != 0 {

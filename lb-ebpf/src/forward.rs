@@ -3,18 +3,19 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    Backend, CFG_F_VIP_FILTER, CFG_F_WILDCARD_VIPS, LbConfig, VIP_F_NO_CONNTRACK,
+    Backend, CFG_F_VIP_FILTER, CFG_F_WILDCARD_VIPS, LbConfig, MTU_DEFAULT, VIP_F_NO_CONNTRACK,
     capture::{CAPTURE_NO_VIP, CaptureConfig, outcome},
     decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
     stats::Reason,
 };
 
 use crate::{
-    capture, encap,
+    capture, encap, icmp, l2,
     maps::{BACKENDS, CONFIG},
     parse::{self, Parsed},
-    stats::{self, Verdict, count_forward, count_reason},
+    stats::{self, count_forward, count_reason},
     tables::Maps,
+    verdict::Verdict,
 };
 
 /// What `route` learned on the way, for the capture record.
@@ -86,7 +87,19 @@ fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Resul
     seen.backend_id = d.backend_id;
     seen.backend = Some(backend);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let action = encap::send(ctx, p, backend, vip.fwd_mode, cfg)?;
+    // Too big once encapsulated: a DF packet gets "fragmentation needed" / "packet too big"
+    // back, others are dropped (fragmenting is the sender's job).
+    let l2 = l2::read_l2(ctx, p.l3_off)?;
+    let overhead = encap::overhead(backend, vip.fwd_mode);
+    let mtu = if cfg.mtu == 0 { MTU_DEFAULT } else { cfg.mtu } as usize;
+    let action = if overhead != 0 && p.l3_len + overhead > mtu {
+        if !p.df {
+            return Err(Verdict::drop(Reason::DropTooBig));
+        }
+        icmp::too_big(ctx, p, &l2, (mtu - overhead) as u32)?
+    } else {
+        encap::send(ctx, p, &l2, backend, vip.fwd_mode, cfg)?
+    };
     let stateful = d.vip.flags & VIP_F_NO_CONNTRACK == 0 && p.pkt.kind == PKT_NORMAL;
     count_forward(vip.vip_id, d.backend_id, d.pick, stateful, bytes);
     if p.pkt.kind == PKT_FRAGMENT {

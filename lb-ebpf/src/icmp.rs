@@ -11,11 +11,13 @@ use aya_ebpf::{
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, stats::Reason};
 
 use crate::{
+    access::{bound_l3, ptr_at, read, write},
     csum,
-    encap::{L2, write_l2},
     hdr::*,
-    parse::{Parsed, bound_l3, ptr_at, read, write},
-    stats::{Verdict, count_reason},
+    l2::{L2, write_l2},
+    parse::Parsed,
+    stats::count_reason,
+    verdict::Verdict,
 };
 
 /// Bytes of the offending IPv4 packet quoted: the largest header (60) plus 8 bytes of payload.
@@ -23,6 +25,7 @@ const QUOTE_V4: usize = 68;
 /// Bytes of the offending IPv6 packet quoted: header, extension headers and L4 ports fit.
 const QUOTE_V6: usize = 128;
 
+/// Answer the client with "fragmentation needed" / "packet too big" for a path MTU of `mtu`.
 #[inline(always)]
 pub fn too_big(ctx: &XdpContext, p: &Parsed, l2: &L2, mtu: u32) -> Result<u32, Verdict> {
     let bytes = (ctx.data_end() - ctx.data()) as u64;

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod access;
 mod capture;
 mod csum;
 mod decap;
@@ -9,11 +10,13 @@ mod encap;
 mod forward;
 mod hdr;
 mod icmp;
+mod l2;
 mod loadgen;
 mod maps;
 mod parse;
 mod stats;
 mod tables;
+mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

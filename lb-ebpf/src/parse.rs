@@ -1,7 +1,5 @@
-//! Bounds-checked packet access and the header walk that turns a frame into a `Parsed` summary.
-//!
-//! Offsets are kept provably small (VLAN depth, IHL, a bounded IPv6 extension walk) so the
-//! verifier can check every access against `data_end`.
+//! The header walk that turns a frame into a `Parsed` summary. Offsets are kept provably small
+//! (VLAN depth, IHL, a bounded IPv6 extension walk) so every access (`access`) verifies.
 
 use core::mem::size_of;
 
@@ -12,7 +10,7 @@ use lb_common::{
     stats::Reason,
 };
 
-use crate::{hdr::*, stats::Verdict};
+use crate::{access::read, hdr::*, verdict::Verdict};
 
 /// IPv6 extension headers walked before giving up (hop-by-hop, routing, fragment, dest-opts).
 const MAX_EXT_HDRS: usize = 4;
@@ -27,58 +25,6 @@ pub struct Parsed {
     pub df: bool,
     /// DSCP/ECN, copied to the outer header.
     pub tos: u8,
-}
-
-/// Largest L3 offset: Ethernet plus two VLAN tags.
-pub const MAX_L3_OFF: usize = 22;
-
-/// Re-establish the bound of an L3 offset that travelled through a stack copy: the verifier
-/// (6.x) forgets scalar ranges across such spills and then rejects `pkt + off`.
-#[inline(always)]
-pub fn bound_l3(off: usize) -> Result<usize, Verdict> {
-    if off > MAX_L3_OFF {
-        return Err(Verdict::drop(Reason::DropMalformed));
-    }
-    Ok(off)
-}
-
-/// A pointer to a `T` at `off`, if the packet holds it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Verdict> {
-    let start = ctx.data();
-    if start + off + size_of::<T>() > ctx.data_end() {
-        return Err(Verdict::drop(Reason::DropMalformed));
-    }
-    Ok((start + off) as *mut T)
-}
-
-#[inline(always)]
-pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Verdict> {
-    const {
-        assert!(
-            core::mem::align_of::<T>() <= 2,
-            "packet data is only 2-aligned"
-        )
-    };
-    let p = ptr_at::<T>(ctx, off)?;
-    // SAFETY: ptr_at checked that size_of::<T>() bytes at p lie inside the packet; packet
-    // headers are 2-aligned (see `hdr`) and T asks for no more.
-    Ok(unsafe { p.read() })
-}
-
-/// Store `v` at `off` (bounds-checked), with the same alignment contract as `read`.
-#[inline(always)]
-pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Result<(), Verdict> {
-    const {
-        assert!(
-            core::mem::align_of::<T>() <= 2,
-            "packet data is only 2-aligned"
-        )
-    };
-    let p = ptr_at::<T>(ctx, off)?;
-    // SAFETY: as in `read`: in bounds and suitably aligned.
-    unsafe { p.write(v) };
-    Ok(())
 }
 
 /// Ethernet and up to two VLAN tags: the offset of the L3 header and its ethertype.

@@ -1,46 +1,12 @@
-//! The verdict that carries early exits through `?`, and tiny per-CPU counter helpers.
+//! Tiny per-CPU counter helpers.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{decision::Pick, stats::Reason};
 
-use crate::maps::{BACKEND_STATS, REASON_STATS, VIP_STATS};
-
-/// An early exit: the XDP action and the reason it is counted under.
-#[derive(Clone, Copy)]
-pub struct Verdict {
-    pub action: u32,
-    pub reason: Reason,
-}
-
-impl Verdict {
-    #[inline(always)]
-    pub const fn pass(reason: Reason) -> Self {
-        Verdict {
-            action: xdp_action::XDP_PASS,
-            reason,
-        }
-    }
-    #[inline(always)]
-    pub const fn drop(reason: Reason) -> Self {
-        Verdict {
-            action: xdp_action::XDP_DROP,
-            reason,
-        }
-    }
-    /// Pass and drop reasons as the decision reports them.
-    #[inline(always)]
-    pub const fn of(reason: Reason) -> Self {
-        match reason {
-            Reason::PassNotIp
-            | Reason::PassNotVip
-            | Reason::PassFragment
-            | Reason::PassIcmp
-            | Reason::PassProto
-            | Reason::PassExtHeaders => Verdict::pass(reason),
-            _ => Verdict::drop(reason),
-        }
-    }
-}
+use crate::{
+    maps::{BACKEND_STATS, REASON_STATS, VIP_STATS},
+    verdict::Verdict,
+};
 
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {

@@ -336,6 +336,25 @@ name = "lc"
         }
     }
 
+    /// `GET path` on the daemon's admin endpoint from inside the LB namespace: the whole
+    /// HTTP response.
+    pub fn admin_get(&self, path: &str) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.net
+            .lb
+            .spawn(move || {
+                use std::io::{Read as _, Write as _};
+                let mut c =
+                    std::net::TcpStream::connect(("127.0.0.1", 9478)).expect("admin endpoint");
+                c.write_all(req.as_bytes()).expect("request");
+                let mut out = String::new();
+                c.read_to_string(&mut out).expect("response");
+                out
+            })
+            .join()
+            .expect("admin request")
+    }
+
     /// Write `text` to a file in the lab directory and return its path.
     pub fn file(&self, name: &str, text: &str) -> String {
         let p = self.dir.join(name);

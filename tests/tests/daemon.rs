@@ -417,3 +417,81 @@ fn decap_cli_attaches_counts_updates_and_detaches() {
     let out = lab.in_ns(&b.ns.name, &["decap", "detach", "b1", "--pin-dir", &pins]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no xlb decap pinned for b1"));
 }
+
+/// The daemon's owner task never waits on the network: while a change waits for a next hop
+/// that does not answer ARP (1.5 s), queries are answered at once, and the change then fails
+/// with the reason and applies nothing.
+#[test]
+fn queries_are_answered_while_a_next_hop_resolves_slowly() {
+    let mut lab = Lab::new(1);
+    lab.start(&lab.full_config());
+    let before = lab.ok(&["config", "export"]);
+    let socket = lab.socket.clone();
+    let slow = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let out = std::process::Command::new(tests::lab::xlb_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(["backend", "add", "10.100.0.1:8080/tcp", "10.0.2.99"])
+            .output()
+            .expect("run xlb");
+        (out, t0.elapsed())
+    });
+    // Let the add reach the daemon and start resolving.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut slowest = std::time::Duration::ZERO;
+    for args in [
+        &["status"][..],
+        &["backend", "list"],
+        &["stats"],
+        &["vip", "list"],
+    ] {
+        let t0 = std::time::Instant::now();
+        lab.ok(args);
+        slowest = slowest.max(t0.elapsed());
+    }
+    let (out, took) = slow.join().expect("add");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unresolvable backend is refused");
+    assert!(err.contains("10.0.2.99") && err.contains("ARP/ND"), "{err}");
+    assert!(
+        took >= std::time::Duration::from_millis(1000),
+        "the add waited for ARP: {took:?}"
+    );
+    assert!(
+        slowest < std::time::Duration::from_millis(500),
+        "queries waited behind the resolution: {slowest:?} (the add took {took:?})"
+    );
+    assert_eq!(lab.ok(&["config", "export"]), before, "nothing applied");
+    eprintln!("queries during a {took:?} resolution: slowest {slowest:?}");
+}
+
+/// The control socket checks who is calling, not only its file mode: an unprivileged user is
+/// refused even when the socket is world-writable, and the refusal is counted.
+#[test]
+fn an_unprivileged_peer_is_refused_even_on_a_world_writable_socket() {
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    let mut lab = Lab::new(1);
+    lab.start(&lab.full_config());
+    std::fs::set_permissions(&lab.socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new(tests::lab::xlb_bin())
+        .arg("--socket")
+        .arg(&lab.socket)
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run xlb as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody got an answer");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(lab.ok(&["status"]).contains("VIPs 2"), "root still is");
+    let metrics = lab.admin_get("/metrics");
+    assert!(metrics.contains("xlb_api_refused_total 1"), "{metrics}");
+    assert!(
+        lab.log().contains("control connection refused"),
+        "{}",
+        lab.log()
+    );
+}

@@ -298,19 +298,7 @@ fn below_quorum_the_vip_uses_its_fallback_or_keeps_its_last_ring() {
 
 /// `GET /metrics` from inside the LB namespace.
 fn scrape(lab: &Lab) -> String {
-    lab.net
-        .lb
-        .spawn(|| {
-            use std::io::{Read as _, Write as _};
-            let mut c =
-                std::net::TcpStream::connect(("127.0.0.1", 9478)).expect("metrics endpoint");
-            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                .expect("request");
-            let mut out = String::new();
-            c.read_to_string(&mut out).expect("response");
-            assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
-            out
-        })
-        .join()
-        .expect("scrape")
+    let out = lab.admin_get("/metrics");
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out
 }

@@ -66,12 +66,19 @@ impl Client {
             request,
         })
         .map_err(ClientError::Unreadable)?;
-        s.write_all(&body).map_err(ClientError::Send)?;
-        s.shutdown(std::net::Shutdown::Write)
-            .map_err(ClientError::Send)?;
+        // The daemon may answer before reading everything (a refused peer, an oversized
+        // request) and close: its answer then explains the broken pipe better than we can.
+        let sent = s
+            .write_all(&body)
+            .and_then(|()| s.shutdown(std::net::Shutdown::Write));
         let mut out = Vec::new();
-        s.read_to_end(&mut out).map_err(ClientError::Receive)?;
-        let r: Response = serde_json::from_slice(&out).map_err(ClientError::Unreadable)?;
+        let received = s.read_to_end(&mut out);
+        let r: Response = match (sent, received, serde_json::from_slice(&out)) {
+            (_, _, Ok(r)) => r,
+            (Err(e), _, _) => return Err(ClientError::Send(e)),
+            (Ok(()), Err(e), _) => return Err(ClientError::Receive(e)),
+            (Ok(()), Ok(_), Err(e)) => return Err(ClientError::Unreadable(e)),
+        };
         if !r.ok {
             return Err(ClientError::Daemon(
                 r.error.unwrap_or_else(|| "unknown error".into()),
@@ -128,5 +135,63 @@ impl Client {
     }
     pub fn capture_stop(&self, session: u32) -> Result<CaptureStopped, ClientError> {
         self.call(Request::CaptureStop { session })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A daemon stand-in that answers one connection with `answer` after reading the request.
+    fn daemon(answer: &'static str) -> (Client, std::thread::JoinHandle<String>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "xlb-client-test-{}-{}",
+            std::process::id(),
+            answer.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("sock");
+        let l = UnixListener::bind(&path).expect("bind");
+        let h = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().expect("accept");
+            let mut req = String::new();
+            c.read_to_string(&mut req).expect("request");
+            c.write_all(answer.as_bytes()).expect("answer");
+            req
+        });
+        (Client::new(&path), h, dir)
+    }
+
+    #[test]
+    fn answers_decode_into_their_views() {
+        let (c, h, dir) = daemon(r#"{"ok":true,"data":{"config":"[daemon]\n"}}"#);
+        let v = c.export().expect("export");
+        assert_eq!(v.config, "[daemon]\n");
+        let req = h.join().expect("server");
+        assert_eq!(req, r#"{"version":1,"request":{"op":"export"}}"#);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn refusals_unreadable_answers_and_absent_daemons_are_told_apart() {
+        let (c, h, dir) = daemon(r#"{"ok":false,"error":"no VIP 10.0.0.9:80/tcp"}"#);
+        let e = c.vip_list().expect_err("refused");
+        assert!(
+            matches!(&e, ClientError::Daemon(m) if m == "no VIP 10.0.0.9:80/tcp"),
+            "{e}"
+        );
+        h.join().expect("server");
+        let _ = std::fs::remove_dir_all(dir);
+        let (c, h, dir) = daemon("{\"ok\":true,\"data\":{\"vip\":1}}xx");
+        assert!(matches!(c.stats(), Err(ClientError::Unreadable(_))));
+        h.join().expect("server");
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = Client::new(&dir.join("none"))
+            .status()
+            .expect_err("no daemon");
+        assert!(e.to_string().contains("is `xlb daemon` running?"), "{e}");
     }
 }

@@ -198,7 +198,19 @@ mod tests {
             request: r.clone(),
         })
         .expect("encode");
-        assert_eq!(decode(&bytes), Ok(r));
+        assert_eq!(decode(&bytes), Ok(r.clone()));
+        assert_eq!(
+            r.into_change(),
+            Ok(Change::BackendRemove {
+                vip: "10.0.0.1:80/tcp".parse().expect("vip"),
+                address: "10.0.1.1".parse().expect("ip"),
+                now: false,
+            })
+        );
+        assert_eq!(
+            Request::Status.into_change(),
+            Err(Box::new(Request::Status))
+        );
         let err = |b: &[u8]| decode(b).expect_err("rejected").to_string();
         assert!(err(b"{").starts_with("malformed request"));
         assert!(

@@ -145,3 +145,161 @@ fn the_example_config_is_valid() {
     let c = Config::parse(include_str!("../../../dist/xlb.toml")).expect("dist/xlb.toml");
     assert_eq!(c.vips.len(), 2);
 }
+
+fn edited() -> Config {
+    Config::parse(GOOD).expect("valid")
+}
+
+fn vip0() -> VipRef {
+    "10.100.0.1:80/tcp".parse().expect("vip")
+}
+
+fn addr(s: &str) -> std::net::IpAddr {
+    s.parse().expect("address")
+}
+
+#[test]
+fn adding_a_vip_twice_is_refused_and_changes_nothing() {
+    let c = edited();
+    let e = c
+        .apply_change(Change::VipAdd(Vip::new(vip0())))
+        .expect_err("exists");
+    assert_eq!(e, ChangeError::VipExists(vip0()));
+    assert!(e.to_string().contains("remove it first"), "{e}");
+    let (n, removal) = c
+        .apply_change(Change::VipAdd(Vip::new(
+            "10.100.0.9:443/tcp".parse().expect("vip"),
+        )))
+        .expect("added");
+    assert_eq!((n.vips.len(), removal), (2, Removal::Drain));
+}
+
+#[test]
+fn edits_of_a_missing_vip_or_backend_name_it() {
+    let c = edited();
+    let other: VipRef = "10.9.9.9:80/tcp".parse().expect("vip");
+    for change in [
+        Change::VipRemove(other),
+        Change::BackendAdd {
+            vip: other,
+            backend: c.vips[0].backends[0].clone(),
+        },
+        Change::BackendSet {
+            vip: other,
+            address: addr("10.0.1.1"),
+            weight: Some(2),
+            drain: None,
+        },
+    ] {
+        let e = c.apply_change(change).expect_err("no such VIP");
+        assert_eq!(e.to_string(), "no VIP 10.9.9.9:80/tcp (see `xlb vip list`)");
+    }
+    let e = c
+        .apply_change(Change::BackendRemove {
+            vip: vip0(),
+            address: addr("10.0.1.9"),
+            now: false,
+        })
+        .expect_err("no such backend");
+    assert_eq!(e.to_string(), "10.100.0.1:80/tcp has no backend 10.0.1.9");
+}
+
+#[test]
+fn a_backend_is_added_once() {
+    let c = edited();
+    let b = c.vips[0].backends[0].clone();
+    let e = c
+        .apply_change(Change::BackendAdd {
+            vip: vip0(),
+            backend: b,
+        })
+        .expect_err("duplicate");
+    assert!(matches!(e, ChangeError::BackendExists { .. }), "{e}");
+}
+
+#[test]
+fn remove_drains_unless_now() {
+    let c = edited();
+    let rm = |now| Change::BackendRemove {
+        vip: vip0(),
+        address: addr("10.0.1.1"),
+        now,
+    };
+    let (n, removal) = c.apply_change(rm(false)).expect("removed");
+    assert_eq!(removal, Removal::Drain);
+    assert_eq!(n.vips[0].backends.len(), 1);
+    assert_eq!(c.apply_change(rm(true)).expect("removed").1, Removal::Now);
+}
+
+#[test]
+fn removing_the_last_backend_leaves_an_empty_vip() {
+    let c = edited();
+    let (c, _) = c
+        .apply_change(Change::BackendRemove {
+            vip: vip0(),
+            address: addr("10.0.1.1"),
+            now: false,
+        })
+        .expect("first");
+    let (c, _) = c
+        .apply_change(Change::BackendRemove {
+            vip: vip0(),
+            address: addr("10.0.1.2"),
+            now: false,
+        })
+        .expect("last");
+    assert!(c.vips[0].backends.is_empty());
+}
+
+#[test]
+fn weight_and_drain_edits_are_validated_like_a_file() {
+    let c = edited();
+    let set = |weight, drain| Change::BackendSet {
+        vip: vip0(),
+        address: addr("10.0.1.2"),
+        weight,
+        drain,
+    };
+    let (n, _) = c.apply_change(set(Some(7), Some(false))).expect("set");
+    let b = &n.vips[0].backends[1];
+    assert_eq!((b.weight, b.drain), (7, false));
+    let (n, _) = n.apply_change(set(None, Some(true))).expect("drain");
+    assert_eq!(n.vips[0].backends[1].weight, 7, "untouched");
+    let e = c
+        .apply_change(set(Some(70000), None))
+        .expect_err("too heavy");
+    assert!(e.to_string().contains("weight 70000 exceeds 65535"), "{e}");
+}
+
+#[test]
+fn an_applied_document_keeps_the_running_daemon_section_unless_it_has_one() {
+    let mut running = edited();
+    running.daemon.drain_idle_secs = 9;
+    let without = GOOD;
+    assert_eq!(
+        Config::parse_apply(without, &running)
+            .expect("valid")
+            .daemon
+            .drain_idle_secs,
+        9
+    );
+    let with = format!("[daemon]\ndrain_idle_secs = 4\n{GOOD}");
+    assert_eq!(
+        Config::parse_apply(&with, &running)
+            .expect("valid")
+            .daemon
+            .drain_idle_secs,
+        4
+    );
+    assert!(Config::parse_apply("[[vip]]\nport = 1\n", &running).is_err());
+}
+
+#[test]
+fn vip_keys_carry_wire_order_ports_and_the_family() {
+    let k = vip0().key();
+    assert_eq!(k.port_be, 80u16.to_be());
+    assert_eq!(k.proto, lb_common::PROTO_TCP);
+    assert_eq!(k.family, lb_common::FAMILY_V4);
+    let v6: VipRef = "[2001:db8::1]:443/udp".parse().expect("vip");
+    assert_eq!(v6.key().family, lb_common::FAMILY_V6);
+}

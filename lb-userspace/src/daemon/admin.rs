@@ -104,3 +104,136 @@ async fn answer(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{MetricsView, Response, StatsView, StatusView, VipStatsView},
+        daemon::owner::Readiness,
+    };
+
+    fn status() -> StatusView {
+        StatusView {
+            version: "0".into(),
+            uptime_secs: 1,
+            pin_dir: "/sys/fs/bpf/xlb".into(),
+            adopted: false,
+            forward_program_id: 1,
+            interfaces: vec![],
+            vips: 1,
+            backends: 0,
+            backends_up: 0,
+            backends_drained: 0,
+            backends_removing: 0,
+            backends_unresolved: 0,
+            backends_down: 0,
+            health_transitions: 3,
+            below_quorum: vec![],
+            quorum_losses: 0,
+            conntrack_capacity: 1024,
+            applies: 2,
+            ring_rebuilds: 1,
+            capture: None,
+        }
+    }
+
+    /// An owner that answers readiness and metrics as given.
+    fn owner(ready: Readiness) -> mpsc::Sender<Command> {
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Command::Ready { reply } => {
+                        let _ = reply.send(ready);
+                    }
+                    Command::Request { reply, .. } => {
+                        let view = MetricsView {
+                            status: status(),
+                            stats: StatsView {
+                                vips: vec![VipStatsView {
+                                    vip: "10.0.0.1:80/tcp".into(),
+                                    packets: 5,
+                                    bytes: 500,
+                                    new_flows: 1,
+                                    conntrack_hits: 4,
+                                    conntrack_misses: 1,
+                                    failovers: 0,
+                                    pps: 0.0,
+                                    bps: 0.0,
+                                }],
+                                ..StatsView::default()
+                            },
+                            backends: vec![],
+                            conntrack_entries: 7,
+                        };
+                        let _ = reply.send(Response::of(&view));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tx
+    }
+
+    #[tokio::test]
+    async fn probes_say_alive_and_ready_only_when_applied_and_resolved() {
+        let api = ApiCounters::default();
+        let ok = owner(Readiness {
+            applied: true,
+            unresolved: 0,
+        });
+        assert_eq!(answer("/livez", &ok, &api).await.0, "200 OK");
+        assert_eq!(
+            answer("/readyz", &ok, &api).await,
+            ("200 OK", "ready\n".into())
+        );
+        let pending = owner(Readiness {
+            applied: false,
+            unresolved: 0,
+        });
+        assert_eq!(answer("/livez", &pending, &api).await.0, "200 OK");
+        assert!(answer("/readyz", &pending, &api).await.0.starts_with("503"));
+        let unresolved = owner(Readiness {
+            applied: true,
+            unresolved: 2,
+        });
+        let (code, body) = answer("/readyz", &unresolved, &api).await;
+        assert!(
+            code.starts_with("503") && body.contains("2 backend next hop"),
+            "{body}"
+        );
+        assert!(answer("/nope", &ok, &api).await.0.starts_with("404"));
+    }
+
+    #[tokio::test]
+    async fn a_gone_owner_is_not_alive() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let api = ApiCounters::default();
+        assert!(answer("/livez", &tx, &api).await.0.starts_with("503"));
+        assert!(answer("/metrics", &tx, &api).await.0.starts_with("503"));
+    }
+
+    #[tokio::test]
+    async fn metrics_render_the_daemons_view() {
+        let api = ApiCounters::default();
+        api.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let o = owner(Readiness {
+            applied: true,
+            unresolved: 0,
+        });
+        let (code, body) = answer("/metrics", &o, &api).await;
+        assert_eq!(code, "200 OK");
+        for want in [
+            "xlb_vip_packets_total{vip=\"10.0.0.1:80/tcp\"} 5",
+            "xlb_conntrack_entries 7",
+            "xlb_conntrack_capacity 1024",
+            "xlb_health_transitions_total 3",
+            "xlb_api_refused_total 1",
+        ] {
+            assert!(body.contains(want), "{want} missing:\n{body}");
+        }
+    }
+}

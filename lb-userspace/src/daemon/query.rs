@@ -470,3 +470,245 @@ pub fn metrics(c: &Ctx) -> MetricsView {
         conntrack_entries: c.maps.flows().map(|f| f.len() as u64).unwrap_or(0),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lb_common::{FlowState, stats::VipStats};
+
+    use super::*;
+    use crate::{
+        config::{BackendConfig, Config, Interface, Removal, Vip},
+        state::{
+            Clock, Env,
+            fake::{FakeMaps, MemStore, ifindex, resolved},
+        },
+    };
+
+    const VIP: &str = "10.100.0.1:80/tcp";
+
+    fn config(weights: &[u32]) -> Config {
+        let mut c = Config::default();
+        c.forwarding.encap_source_v4 = Some("10.0.0.1".parse().expect("v4"));
+        c.interfaces.push(Interface {
+            name: "eth0".into(),
+            mode: crate::config::AttachMode::Native,
+        });
+        let mut v = Vip::new(VIP.parse().expect("vip"));
+        v.ring_size = Some(101);
+        for (i, w) in weights.iter().enumerate() {
+            v.backends.push(BackendConfig {
+                address: format!("10.1.0.{}", i + 1).parse().expect("ip"),
+                weight: *w,
+                drain: false,
+                health: None,
+            });
+        }
+        c.vips.push(v);
+        c
+    }
+
+    struct World {
+        state: State,
+        maps: FakeMaps,
+        store: MemStore,
+        sampler: Sampler,
+        node: Node,
+        t0: Instant,
+    }
+
+    impl World {
+        fn new(c: Config) -> World {
+            let t0 = Instant::now();
+            let mut w = World {
+                state: State::new(c.daemon.clone(), 2, t0),
+                maps: FakeMaps::default(),
+                store: MemStore::default(),
+                sampler: Sampler::default(),
+                node: Node {
+                    pin_dir: "/sys/fs/bpf/xlb".into(),
+                    adopted: true,
+                    forward_program_id: 42,
+                },
+                t0,
+            };
+            w.apply(c, Removal::Drain);
+            w
+        }
+        fn apply(&mut self, c: Config, removal: Removal) {
+            let r = resolved(&self.state.missing_nexthops(&c));
+            let mut env = Env {
+                maps: &mut self.maps,
+                store: &mut self.store,
+                ifindex: &ifindex,
+                clock: Clock {
+                    now: self.t0,
+                    unix_ms: 1,
+                    mono_ns: 1_000_000_000_000,
+                },
+            };
+            self.state.apply(&mut env, c, removal, &r).expect("apply");
+        }
+        fn ctx(&self, now: Instant) -> Ctx<'_> {
+            Ctx {
+                state: &self.state,
+                maps: &self.maps,
+                sampler: &self.sampler,
+                capture: None,
+                node: &self.node,
+                now,
+                mono_ns: 1_000_000_000_000,
+            }
+        }
+    }
+
+    #[test]
+    fn status_reports_the_node_the_interfaces_and_the_counts() {
+        let w = World::new(config(&[1, 1, 0]));
+        let s = status(&w.ctx(w.t0 + Duration::from_secs(7)));
+        assert_eq!(s.uptime_secs, 7);
+        assert_eq!((s.adopted, s.forward_program_id), (true, 42));
+        assert_eq!(s.interfaces[0].name, "eth0");
+        assert_eq!(s.interfaces[0].mode, "native");
+        assert_eq!(
+            (s.vips, s.backends, s.backends_up, s.backends_drained),
+            (1, 3, 2, 1)
+        );
+        assert_eq!(s.conntrack_capacity, lb_common::CONNTRACK_DEFAULT_ENTRIES);
+        assert_eq!(s.applies, 1);
+        assert!(s.capture.is_none());
+    }
+
+    #[test]
+    fn lists_show_ring_shares_and_states() {
+        let mut w = World::new(config(&[3, 1, 0]));
+        let mut c = config(&[3, 1]);
+        c.vips[0].backends.truncate(2);
+        w.apply(c, Removal::Drain);
+        let ctx = w.ctx(w.t0);
+        let vips = vip_list(&ctx);
+        assert_eq!((vips[0].backends, vips[0].in_ring), (2, 2));
+        let rows = backend_list(&ctx, None).expect("list");
+        let by = |a: &str| rows.iter().find(|r| r.address == a).expect("row");
+        assert_eq!(by("10.1.0.1").slots + by("10.1.0.2").slots, 101);
+        assert!(by("10.1.0.1").slots > 2 * by("10.1.0.2").slots);
+        assert_eq!(by("10.1.0.3").state, "removing");
+        assert_eq!(by("10.1.0.3").slots, 0);
+        assert!(
+            by("10.1.0.1")
+                .next_hop
+                .as_deref()
+                .is_some_and(|n| n.contains("eth0"))
+        );
+        let e =
+            backend_list(&ctx, Some("10.9.9.9:80/tcp".parse().expect("vip"))).expect_err("missing");
+        assert_eq!(e.to_string(), "no VIP 10.9.9.9:80/tcp (see `xlb vip list`)");
+    }
+
+    #[test]
+    fn stats_give_rates_over_the_last_sample() {
+        let mut w = World::new(config(&[1]));
+        let id = w
+            .state
+            .ids()
+            .vip_id(&VIP.parse().expect("vip"))
+            .expect("id");
+        w.maps.vip_stats.insert(
+            id,
+            VipStats {
+                packets: 100,
+                bytes: 10_000,
+                ..VipStats::default()
+            },
+        );
+        let snap = snapshot(&w.state, &w.maps);
+        w.sampler.record(w.t0, snap);
+        w.maps.vip_stats.insert(
+            id,
+            VipStats {
+                packets: 300,
+                bytes: 30_000,
+                ..VipStats::default()
+            },
+        );
+        let s = stats(&w.ctx(w.t0 + Duration::from_secs(2)));
+        assert_eq!(s.interval_secs, 2.0);
+        assert_eq!((s.vips[0].packets, s.vips[0].pps), (300, 100.0));
+        assert_eq!(s.vips[0].bps, 80_000.0);
+        assert_eq!(s.reasons.len(), lb_common::stats::REASON_COUNT as usize);
+    }
+
+    fn flow(sport: u16, dport: u16, backend_id: u32, idle_s: u64) -> (FlowKey, Vec<FlowState>) {
+        (
+            flow_key(
+                format!("192.0.2.1:{sport}").parse().expect("src"),
+                format!("10.100.0.1:{dport}").parse().expect("dst"),
+                Protocol::Tcp,
+            ),
+            vec![FlowState {
+                backend_id,
+                _pad: 0,
+                last_seen_ns: 1_000_000_000_000 - idle_s * 1_000_000_000,
+            }],
+        )
+    }
+
+    #[test]
+    fn flows_filter_by_vip_and_respect_the_limit() {
+        let mut w = World::new(config(&[1, 1]));
+        w.maps.flows = vec![
+            flow(1000, 80, 1, 3),
+            flow(1001, 80, 2, 0),
+            flow(1002, 81, 1, 0),
+        ];
+        let ctx = w.ctx(w.t0);
+        let f = flows(&ctx, Some(VIP.parse().expect("vip")), 10).expect("flows");
+        assert_eq!(f.flows.len(), 2);
+        assert_eq!(f.flows[0].backend, "10.1.0.1");
+        assert_eq!(f.flows[0].idle_ms, 3000);
+        assert!(!f.truncated);
+        let f = flows(&ctx, None, 1).expect("flows");
+        assert_eq!((f.flows.len(), f.truncated), (1, true));
+    }
+
+    #[test]
+    fn explain_follows_the_tracked_entry_or_the_ring() {
+        let mut w = World::new(config(&[1, 1]));
+        let src: SocketAddr = "192.0.2.1:1000".parse().expect("src");
+        let dst: SocketAddr = "10.100.0.1:80".parse().expect("dst");
+        let syn = explain(&w.ctx(w.t0), src, dst, Protocol::Tcp, true);
+        assert_eq!(
+            (syn.verdict.as_str(), syn.how.as_deref()),
+            ("forward", Some("ring"))
+        );
+        assert!(syn.slot.is_some());
+        let ring_id = syn.backend_id.expect("backend");
+        w.maps.flows = vec![flow(1000, 80, 3 - ring_id, 0)];
+        let e = explain(&w.ctx(w.t0), src, dst, Protocol::Tcp, false);
+        assert_eq!(e.how.as_deref(), Some("tracked"));
+        assert_eq!(e.backend_id, Some(3 - ring_id));
+        assert_eq!(e.tracked_on_cpus, vec![0]);
+        let other = explain(
+            &w.ctx(w.t0),
+            src,
+            "10.100.0.1:9".parse().expect("dst"),
+            Protocol::Tcp,
+            true,
+        );
+        assert_eq!(
+            (other.verdict.as_str(), other.reason.as_deref()),
+            ("pass", Some("pass_not_vip"))
+        );
+    }
+
+    #[test]
+    fn the_metrics_view_counts_tracked_flows() {
+        let mut w = World::new(config(&[1, 1]));
+        w.maps.flows = vec![flow(1000, 80, 1, 0), flow(1001, 80, 2, 0)];
+        let m = metrics(&w.ctx(w.t0));
+        assert_eq!(m.conntrack_entries, 2);
+        assert_eq!(m.backends.len(), 2);
+        assert_eq!(m.status.vips, 1);
+    }
+}

@@ -10,10 +10,53 @@ use lb_common::{
 };
 
 use super::{
+    Resolved,
     diff::MapOp,
     maps::{Attached, Maps, MapsError},
     persist::{PersistError, Saved, Store},
+    plan::NextHop,
 };
+
+/// A next hop for any address: 10.2.x.x out of ifindex 3 (`eth1`), everything else out of
+/// ifindex 2 (`eth0`); the neighbour's MAC spells the address.
+pub fn nexthop(addr: std::net::IpAddr) -> NextHop {
+    let o = match addr {
+        std::net::IpAddr::V4(a) => a.octets(),
+        std::net::IpAddr::V6(a) => {
+            let s = a.octets();
+            [s[12], s[13], s[14], s[15]]
+        }
+    };
+    let (ifindex, ifname) = if o[0] == 10 && o[1] == 2 {
+        (3, "eth1")
+    } else {
+        (2, "eth0")
+    };
+    NextHop {
+        ifindex,
+        ifname: ifname.into(),
+        src_mac: [2, 0, 0, 0, 0, ifindex as u8],
+        via: addr,
+        dst_mac: [2, 0xbe, 0, o[1], o[2], o[3]],
+    }
+}
+
+/// Every asked next hop resolved by `nexthop`.
+pub fn resolved(asked: &[(std::net::IpAddr, bool)]) -> Resolved {
+    asked
+        .iter()
+        .map(|&(a, l2)| ((a, l2), Ok(nexthop(a))))
+        .collect()
+}
+
+/// Interface indexes of the fake host: `eth0` is 2, `eth1` is 3.
+pub fn ifindex(name: &str) -> Option<u32> {
+    match name {
+        "eth0" => Some(2),
+        "eth1" => Some(3),
+        _ => None,
+    }
+}
 
 /// Maps held in memory.
 #[derive(Clone, Debug, Default)]

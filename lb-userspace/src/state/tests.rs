@@ -10,7 +10,7 @@ use std::{
 use lb_common::{BACKEND_F_DOWN, FlowKey, FlowState, VIP_F_NO_CONNTRACK, maglev};
 
 use super::{
-    fake::{FakeMaps, MemStore},
+    fake::{FakeMaps, MemStore, ifindex, nexthop, resolved as resolve},
     *,
 };
 use crate::config::{
@@ -61,37 +61,6 @@ fn two_vips() -> Config {
         vip(VIP_A, &["10.1.0.1", "10.1.0.2", "10.1.0.3"]),
         vip(VIP_B, &["10.1.0.1", "10.1.0.4"]),
     ])
-}
-
-/// A next hop for every address of 10.1.0.0/16 on eth0 (ifindex 2), 10.2.0.0/16 on eth1 (3).
-fn nexthop(addr: IpAddr) -> NextHop {
-    let o = match addr {
-        IpAddr::V4(a) => a.octets(),
-        IpAddr::V6(_) => [0, 0, 0, 0],
-    };
-    let (ifindex, ifname) = if o[1] == 2 { (3, "eth1") } else { (2, "eth0") };
-    NextHop {
-        ifindex,
-        ifname: ifname.into(),
-        src_mac: [2, 0, 0, 0, 0, ifindex as u8],
-        via: addr,
-        dst_mac: [2, 0xbe, 0, o[1], o[2], o[3]],
-    }
-}
-
-fn resolve(addrs: &[(IpAddr, bool)]) -> Resolved {
-    addrs
-        .iter()
-        .map(|&(a, l2)| ((a, l2), Ok(nexthop(a))))
-        .collect()
-}
-
-fn ifindex(name: &str) -> Option<u32> {
-    match name {
-        "eth0" => Some(2),
-        "eth1" => Some(3),
-        _ => None,
-    }
 }
 
 /// A state with its fake kernel and file, and a clock the test moves.
