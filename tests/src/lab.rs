@@ -159,6 +159,18 @@ name = "lc"
     }
 
     fn try_start_in(&mut self, ns: &str, config: &str) -> Result<(), String> {
+        self.try_start_bin(&xlb_bin(), ns, config)
+    }
+
+    /// Like `start`, with another `xlb` binary (an earlier build, for hand-over tests).
+    pub fn start_with(&mut self, bin: &Path, config: &str) {
+        let ns = self.net.lb.name.clone();
+        if let Err(log) = self.try_start_bin(bin, &ns, config) {
+            panic!("{log}");
+        }
+    }
+
+    fn try_start_bin(&mut self, bin: &Path, ns: &str, config: &str) -> Result<(), String> {
         assert!(self.daemon.is_none(), "daemon already running");
         std::fs::write(&self.config_path, config).expect("write config");
         let log = std::fs::OpenOptions::new()
@@ -167,7 +179,7 @@ name = "lc"
             .open(self.dir.join("daemon.log"))
             .expect("daemon log");
         let child = nsenter(ns)
-            .arg(xlb_bin())
+            .arg(bin)
             .args(["daemon", "--config"])
             .arg(&self.config_path)
             .stdout(Stdio::null())

@@ -495,3 +495,54 @@ fn an_unprivileged_peer_is_refused_even_on_a_world_writable_socket() {
         lab.log()
     );
 }
+
+/// A daemon of an earlier build hands over to this one under traffic: the new daemon adopts the
+/// pinned maps and links, keeps every backend id, swaps its program into the link, and no
+/// datagram is lost. `XLB_PREVIOUS` names the earlier build's `xlb` (default: this build, which
+/// still checks a SIGTERM hand-over).
+#[test]
+fn a_previous_build_hands_over_to_this_one_under_traffic() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let previous = std::env::var_os("XLB_PREVIOUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(tests::lab::xlb_bin);
+    let mut lab = Lab::new(3);
+    let _servers = lab.net.start_servers();
+    lab.start_with(&previous, &lab.full_config());
+    let ids_before = lab.json(&["backend", "list"]);
+    let prog_before = lab.json(&["status"])["forward_program_id"].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = udp_stream(&lab, 16, stop.clone());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    lab.stop(libc::SIGTERM);
+    lab.start(&lab.full_config());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, got, backends) = stream.join().expect("stream");
+    let status = lab.json(&["status"]);
+    assert_eq!(status["adopted"], true, "{status}");
+    assert_ne!(status["forward_program_id"], prog_before);
+    let ids = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|r| {
+                (
+                    r["address"].as_str().expect("address").to_string(),
+                    r["id"].as_u64().expect("id"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(ids(&lab.json(&["backend", "list"])), ids(&ids_before));
+    assert_eq!(backends, 3);
+    assert!(sent > 300, "traffic flowed throughout: {sent}");
+    assert_eq!(sent - got, 0, "datagrams lost across the hand-over");
+    eprintln!(
+        "hand-over from {}: {sent} datagrams, 0 lost, ids kept",
+        previous.display()
+    );
+}
