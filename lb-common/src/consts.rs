@@ -4,7 +4,7 @@
 pub const MAX_VIPS: u32 = 1024;
 /// Backend ids index the backend array. Id 0 is reserved: a zeroed conntrack value means "none".
 pub const MAX_BACKENDS: u32 = 16384;
-/// Default conntrack capacity (entries); the loader may resize it before load.
+/// Default conntrack capacity: flows, shared by every CPU; the loader may resize it before load.
 pub const CONNTRACK_DEFAULT_ENTRIES: u32 = 1 << 18;
 /// Default Maglev ring size: a prime, so every skip value walks the whole ring.
 pub const RING_SIZE_DEFAULT: u32 = 65537;
@@ -19,7 +19,9 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 /// Version of the meaning of the maps' bytes. Bump it whenever a key or value changes meaning
 /// (even at the same size): a daemon refuses to adopt pinned maps stamped with another version.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: one shared conntrack entry per flow (was per CPU), idle timeouts in `VipMeta`, the
+/// new-flow limit in `LbConfig`, expired and deferred counters in `VipStats`.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names in the object, in one place so userspace can assert they all exist.
 pub mod map_names {
@@ -38,6 +40,8 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// The daemon's clock for conntrack stamps.
     pub const CLOCK: &str = "CLOCK";
+    /// Per-CPU window of the new-flow rate (flood protection).
+    pub const NEW_FLOW_RATE: &str = "NEW_FLOW_RATE";
     /// Capture filter, ring and counters (`xlb capture`).
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURE_RING: &str = "CAPTURE_RING";
@@ -61,6 +65,7 @@ pub mod map_names {
         DECAP_STATS,
         VIP_FILTER,
         CLOCK,
+        NEW_FLOW_RATE,
         CAPTURE,
         CAPTURE_RING,
         CAPTURE_STATS,
@@ -133,12 +138,10 @@ pub const CLOCK_LEAD_NS: u64 = 2_000_000_000;
 pub const VIP_FILTER_BITS: u32 = 1 << 16;
 pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 32;
 
-/// Most CPUs a conntrack miss searches for a flow tracked on another CPU (bounds the loop).
-pub const CONNTRACK_SCAN_CPUS: u32 = 64;
-
-/// Conntrack LRU lists per CPU rather than one shared, locked list (as Katran does): flows stay
-/// on their RSS CPU, so a new flow never contends for a global lock.
-pub const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// Default idle timeouts: an entry unused for longer is a new flow on its next packet. TCP
+/// outlasts Linux's default keepalive (2 h); UDP as Katran's 30 s.
+pub const TCP_IDLE_TIMEOUT_DEFAULT: u32 = 3 * 3600;
+pub const UDP_IDLE_TIMEOUT_DEFAULT: u32 = 30;
 
 /// `VipMeta::flags`: no conntrack for this VIP; every packet follows the ring (stateless UDP).
 pub const VIP_F_NO_CONNTRACK: u16 = 1 << 0;

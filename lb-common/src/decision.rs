@@ -3,7 +3,7 @@
 //! `HashMap`s; both run this same code, so `xlb explain` and the model compute what the kernel does.
 
 use crate::{
-    consts::{HASH_SRC_DST_IP, VIP_F_NO_CONNTRACK},
+    consts::{HASH_SRC_DST_IP, PROTO_TCP, VIP_F_NO_CONNTRACK},
     hash::{flow_hash, jhash_2words},
     stats::Reason,
     types::{Backend, FlowKey, VipKey, VipMeta},
@@ -35,6 +35,18 @@ pub enum Pick {
     Ring,
     /// Tracked on a backend that is down: re-picked through the ring, entry rewritten.
     Failover,
+    /// The entry was idle past the VIP's timeout: a new flow, re-picked, entry rewritten.
+    Expired,
+    /// A flow start above the new-flow limit: through the ring, no entry written.
+    Deferred,
+}
+
+/// A conntrack entry as the decision sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub backend_id: u32,
+    /// Idle past the VIP's timeout.
+    pub expired: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +61,16 @@ pub struct Decision {
 /// The tables the decision reads and the one it writes.
 pub trait Tables {
     fn vip(&self, key: &VipKey) -> Option<VipMeta>;
-    /// The backend id tracked for this flow (0 / absent: untracked).
-    fn tracked(&mut self, key: &FlowKey) -> Option<u32>;
+    /// This flow's entry, judged against `timeout_s`; a live entry is stamped with the clock.
+    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry>;
     fn backend(&self, id: u32) -> Option<&Backend>;
     /// Entry `slot` of VIP `vip_id`'s ring (0: empty slot).
     fn ring_entry(&self, vip_id: u32, slot: u32) -> Option<u32>;
     fn track(&mut self, key: &FlowKey, backend_id: u32);
+    /// Whether one more flow may be tracked now (the new-flow limit).
+    fn admit(&mut self) -> bool {
+        true
+    }
     /// False only if no VIP has this address (a cheap pre-filter; never a false "no").
     #[inline(always)]
     fn may_be_vip(&self, _addr: &crate::types::Addr) -> bool {
@@ -110,15 +126,19 @@ pub fn decide<T: Tables>(
 ) -> Result<Decision, Reason> {
     let stateful = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let mut pick = Pick::Ring;
+    // A SYN opens a flow: it takes the ring even where an entry exists (a reused five-tuple).
+    let mut had_entry = false;
     if stateful
         && !pkt.syn
-        && let Some(id) = t.tracked(&pkt.key)
+        && let Some(e) = t.tracked(&pkt.key, vip.idle_timeout_s)
     {
-        match t.backend(id) {
+        had_entry = true;
+        match t.backend(e.backend_id) {
+            _ if e.expired => pick = Pick::Expired,
             Some(b) if !b.serves(vip.vip_id) => {} // a reused id: a new flow for this VIP
             Some(b) if !b.is_down() => {
                 return Ok(Decision {
-                    backend_id: id,
+                    backend_id: e.backend_id,
                     pick: Pick::Tracked,
                     vip,
                     slot: 0,
@@ -140,7 +160,16 @@ pub fn decide<T: Tables>(
     }
     // ICMP errors only follow their flow; they never create or move state.
     if stateful && pkt.kind == PKT_NORMAL {
-        t.track(&pkt.key, id);
+        // Above the new-flow limit a flow start (a SYN, a UDP flow's first datagram) is not
+        // tracked, so a spoofed SYN flood cannot evict established flows; TCP is tracked from
+        // its first non-SYN packet, which a spoofed source never sends. Rewriting an existing
+        // entry takes no room: a deferred SYN still replaces its five-tuple's old entry.
+        let starts = !had_entry && (pkt.syn || pkt.key.proto != PROTO_TCP);
+        if starts && !t.admit() && !(pkt.syn && t.tracked(&pkt.key, 0).is_some()) {
+            pick = Pick::Deferred;
+        } else {
+            t.track(&pkt.key, id);
+        }
     }
     Ok(Decision {
         backend_id: id,
@@ -238,6 +267,7 @@ mod tests {
             hash_mode: crate::consts::HASH_FIVE_TUPLE,
             fwd_mode: 0,
             flags,
+            idle_timeout_s: 30,
         };
         m.vips.insert(vip(a(1), 80, PROTO_TCP), meta(0, RING, 0));
         m.vips
@@ -266,7 +296,7 @@ mod tests {
         assert_eq!(d.pick, Pick::Ring);
         assert_eq!(d.slot, slot_of(&k));
         assert_eq!(d.backend_id, 1 + slot_of(&k) % 2);
-        assert_eq!(m.conntrack.get(&k), Some(&d.backend_id));
+        assert_eq!(m.tracked_backend(&k), Some(d.backend_id));
     }
 
     #[test]
@@ -275,7 +305,7 @@ mod tests {
         let k = key(1, 80, 40001, PROTO_TCP);
         let ring_pick = 1 + slot_of(&k) % 2;
         let other = 3 - ring_pick;
-        m.conntrack.insert(k, other);
+        m.track(&k, other);
         let d = m.route(&pkt(k, false)).expect("forwarded");
         assert_eq!((d.pick, d.backend_id), (Pick::Tracked, other));
     }
@@ -285,10 +315,10 @@ mod tests {
         let mut m = model();
         let k = key(1, 80, 40002, PROTO_TCP);
         let ring_pick = 1 + slot_of(&k) % 2;
-        m.conntrack.insert(k, 3 - ring_pick);
+        m.track(&k, 3 - ring_pick);
         let d = m.route(&pkt(k, true)).expect("forwarded");
         assert_eq!((d.pick, d.backend_id), (Pick::Ring, ring_pick));
-        assert_eq!(m.conntrack.get(&k), Some(&ring_pick));
+        assert_eq!(m.tracked_backend(&k), Some(ring_pick));
     }
 
     #[test]
@@ -297,20 +327,20 @@ mod tests {
         let k = key(1, 80, 40003, PROTO_TCP);
         let ring_pick = 1 + slot_of(&k) % 2;
         let dead = 3 - ring_pick;
-        m.conntrack.insert(k, dead);
+        m.track(&k, dead);
         if let Some(b) = m.backends.get_mut(&dead) {
             b.state = BACKEND_F_DOWN;
         }
         let d = m.route(&pkt(k, false)).expect("forwarded");
         assert_eq!((d.pick, d.backend_id), (Pick::Failover, ring_pick));
-        assert_eq!(m.conntrack.get(&k), Some(&ring_pick), "entry rewritten");
+        assert_eq!(m.tracked_backend(&k), Some(ring_pick), "entry rewritten");
     }
 
     #[test]
     fn a_tracked_id_now_serving_another_vip_is_a_new_flow() {
         let mut m = model();
         let k = key(1, 80, 40004, PROTO_TCP);
-        m.conntrack.insert(k, 3); // backend 3 belongs to VIP id 1
+        m.track(&k, 3); // backend 3 belongs to VIP id 1
         let d = m.route(&pkt(k, false)).expect("forwarded");
         assert_eq!(d.pick, Pick::Ring);
         assert_eq!(d.backend_id, 1 + slot_of(&k) % 2);
@@ -383,7 +413,7 @@ mod tests {
         let d = m.route(&p).expect("forwarded");
         assert_eq!(d.pick, Pick::Ring);
         assert!(m.conntrack.is_empty(), "an error never creates state");
-        m.conntrack.insert(k, 2);
+        m.track(&k, 2);
         assert_eq!(m.route(&p).map(|d| d.backend_id), Ok(2));
         let mut p = pkt(key(9, 80, 1, PROTO_TCP), false);
         p.kind = PKT_ICMP_ERROR;
@@ -396,5 +426,59 @@ mod tests {
         let k = key(1, 80, 40006, PROTO_TCP);
         assert_eq!(m.explain(&pkt(k, true)).map(|d| d.pick), Ok(Pick::Ring));
         assert!(m.conntrack.is_empty());
+    }
+
+    #[test]
+    fn an_entry_idle_past_the_timeout_is_a_new_flow() {
+        let mut m = model();
+        let k = key(1, 80, 40007, PROTO_TCP);
+        let ring_pick = 1 + slot_of(&k) % 2;
+        m.now = 1_000_000_000_000;
+        m.track(&k, 3 - ring_pick);
+        m.now += 30_000_000_000;
+        assert_eq!(
+            m.route(&pkt(k, false)).map(|d| d.pick),
+            Ok(Pick::Tracked),
+            "idle exactly the timeout: still live, and stamped"
+        );
+        m.now += 31_000_000_000;
+        let d = m.route(&pkt(k, false)).expect("forwarded");
+        assert_eq!((d.pick, d.backend_id), (Pick::Expired, ring_pick));
+        assert_eq!(m.tracked_backend(&k), Some(ring_pick), "entry rewritten");
+    }
+
+    #[test]
+    fn above_the_new_flow_limit_syns_and_udp_starts_go_untracked() {
+        let mut m = model();
+        m.new_flow_limit = 2;
+        let syns: Vec<FlowKey> = (0..4).map(|p| key(1, 80, 41000 + p, PROTO_TCP)).collect();
+        let picks: Vec<Pick> = syns
+            .iter()
+            .map(|k| m.route(&pkt(*k, true)).expect("forwarded").pick)
+            .collect();
+        assert_eq!(
+            picks,
+            vec![Pick::Ring, Pick::Ring, Pick::Deferred, Pick::Deferred]
+        );
+        assert_eq!(m.conntrack.len(), 2);
+        // The first non-SYN packet of a deferred flow is tracked, limit or not.
+        let d = m.route(&pkt(syns[3], false)).expect("forwarded");
+        assert_eq!(d.pick, Pick::Ring);
+        assert_eq!(m.tracked_backend(&syns[3]), Some(d.backend_id));
+        // A UDP flow's first datagram counts against the limit too.
+        let u = key(2, 9999, 5000, PROTO_UDP);
+        assert_eq!(m.route(&pkt(u, false)).map(|d| d.pick), Ok(Pick::Deferred));
+        assert_eq!(m.tracked_backend(&u), None);
+        // A deferred SYN still replaces its five-tuple's old entry (no room taken).
+        m.track(&syns[0], 3 - (1 + slot_of(&syns[0]) % 2));
+        let d = m.route(&pkt(syns[0], true)).expect("forwarded");
+        assert_eq!(m.tracked_backend(&syns[0]), Some(d.backend_id));
+        // The next window admits again.
+        m.now += 1 << 30;
+        assert_eq!(
+            m.route(&pkt(key(1, 80, 42000, PROTO_TCP), true))
+                .map(|d| d.pick),
+            Ok(Pick::Ring)
+        );
     }
 }

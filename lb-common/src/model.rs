@@ -8,28 +8,44 @@ use std::{
 };
 
 use crate::{
-    decision::{self, Decision, Packet, Tables},
+    decision::{self, Decision, Entry, Packet, Tables},
     stats::Reason,
-    types::{Backend, FlowKey, VipKey, VipMeta},
+    types::{Backend, FlowKey, FlowState, RateWindow, VipKey, VipMeta},
 };
 
-/// One CPU's view of the forwarder's tables.
+/// The forwarder's tables (conntrack is shared by every CPU, so one model is every CPU's view).
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub vips: BTreeMap<VipKey, VipMeta>,
     /// Ring of each VIP id.
     pub rings: HashMap<u32, Vec<u32>>,
     pub backends: HashMap<u32, Backend>,
-    pub conntrack: HashMap<FlowKey, u32>,
+    /// Backend id and last-seen clock of each tracked flow.
+    pub conntrack: HashMap<FlowKey, FlowState>,
     pub seed: u32,
+    /// The daemon's clock (`CLOCK`).
+    pub now: u64,
+    /// New flows per window (`LbConfig::new_flow_limit`, 0: none) and the window, as one CPU
+    /// counts them.
+    pub new_flow_limit: u32,
+    pub rate: RateWindow,
 }
 
 impl Tables for Model {
     fn vip(&self, key: &VipKey) -> Option<VipMeta> {
         self.vips.get(key).copied()
     }
-    fn tracked(&mut self, key: &FlowKey) -> Option<u32> {
-        self.conntrack.get(key).copied().filter(|&id| id != 0)
+    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry> {
+        let now = self.now;
+        let s = self.conntrack.get_mut(key).filter(|s| s.backend_id != 0)?;
+        let expired = s.expired(now, timeout_s);
+        if !expired {
+            s.last_seen_ns = now;
+        }
+        Some(Entry {
+            backend_id: s.backend_id,
+            expired,
+        })
     }
     fn backend(&self, id: u32) -> Option<&Backend> {
         self.backends.get(&id)
@@ -38,7 +54,24 @@ impl Tables for Model {
         self.rings.get(&vip_id)?.get(slot as usize).copied()
     }
     fn track(&mut self, key: &FlowKey, backend_id: u32) {
-        self.conntrack.insert(*key, backend_id);
+        self.conntrack.insert(
+            *key,
+            FlowState {
+                backend_id,
+                _pad: 0,
+                last_seen_ns: self.now,
+            },
+        );
+    }
+    fn admit(&mut self) -> bool {
+        self.rate.admit(self.now, self.new_flow_limit)
+    }
+}
+
+impl Model {
+    /// The backend tracked for a flow, if any.
+    pub fn tracked_backend(&self, key: &FlowKey) -> Option<u32> {
+        self.conntrack.get(key).map(|s| s.backend_id)
     }
 }
 

@@ -19,6 +19,11 @@ pub struct VipStats {
     pub conntrack_misses: u64,
     /// Tracked flows whose backend was down and were re-picked through the ring.
     pub failovers: u64,
+    /// Entries idle past the VIP's timeout: the packet was a new flow.
+    pub expired: u64,
+    /// Flow starts above the new-flow limit, forwarded by the ring without an entry (TCP is
+    /// then tracked from its first non-SYN packet).
+    pub deferred: u64,
 }
 
 /// `BACKEND_STATS[backend_id]`, per CPU.

@@ -54,6 +54,8 @@ pub struct VipMeta {
     pub fwd_mode: u8,
     /// `VIP_F_*`.
     pub flags: u16,
+    /// Seconds a tracked flow may be idle before its next packet is a new flow (0: never).
+    pub idle_timeout_s: u32,
 }
 
 /// Value of the `BACKENDS` array, indexed by backend id.
@@ -108,7 +110,7 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Per-CPU conntrack value. `backend_id == 0` (a zeroed per-CPU slot) means "not tracked here".
+/// Conntrack value: one per flow, shared by every CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
@@ -117,6 +119,44 @@ pub struct FlowState {
     /// `CLOCK` (the daemon's coarse monotonic clock, up to `CLOCK_LEAD_NS` ahead) at the last
     /// packet.
     pub last_seen_ns: u64,
+}
+
+impl FlowState {
+    /// Idle for longer than `timeout_s` seconds at `now` (0: never expires).
+    #[inline(always)]
+    pub const fn expired(&self, now: u64, timeout_s: u32) -> bool {
+        timeout_s != 0 && now.saturating_sub(self.last_seen_ns) > timeout_s as u64 * 1_000_000_000
+    }
+}
+
+/// Per-CPU count of flows admitted into conntrack within one window of the daemon's clock
+/// (about a second: `window` is the clock in units of 2^30 ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub window: u64,
+    pub count: u32,
+    pub _pad: u32,
+}
+
+impl RateWindow {
+    /// Whether one more new flow fits under `limit` per window at `now` (0: no limit).
+    #[inline(always)]
+    pub fn admit(&mut self, now: u64, limit: u32) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let w = now >> 30;
+        if self.window != w {
+            self.window = w;
+            self.count = 0;
+        }
+        if self.count >= limit {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
 }
 
 /// The single entry of the `CONFIG` array: settings the daemon may change at run time.
@@ -138,8 +178,12 @@ pub struct LbConfig {
     pub gue_port_be: u16,
     /// `CFG_F_*`.
     pub flags: u16,
-    /// Possible CPUs: how far a conntrack miss looks for the flow on other CPUs (0: never).
+    /// Possible CPUs (informational: conntrack is shared, nothing searches other CPUs).
     pub nr_cpus: u16,
+    /// New flows (SYNs, first UDP datagrams) tracked per CPU per window of `RateWindow`;
+    /// above it they follow the ring untracked (0: no limit).
+    pub new_flow_limit: u32,
+    pub _pad: u32,
 }
 
 impl Addr {
@@ -164,12 +208,13 @@ impl FlowKey {
 const _: () = {
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<VipKey>() == 20);
-    assert!(core::mem::size_of::<VipMeta>() == 12);
+    assert!(core::mem::size_of::<VipMeta>() == 16);
     assert!(core::mem::size_of::<Backend>() == 36);
     assert!(crate::consts::MAX_VIPS < u16::MAX as u32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowState>() == 16);
-    assert!(core::mem::size_of::<LbConfig>() == 40);
+    assert!(core::mem::size_of::<LbConfig>() == 48);
+    assert!(core::mem::size_of::<RateWindow>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -184,6 +229,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}

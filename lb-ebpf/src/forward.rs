@@ -75,8 +75,8 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
 fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Result<u32, Verdict> {
     let mut maps = Maps {
         wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
-        nr_cpus: cfg.nr_cpus as u32,
         filter: cfg.flags & CFG_F_VIP_FILTER != 0,
+        new_flow_limit: cfg.new_flow_limit,
     };
     let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
     seen.vip_id = vip.vip_id;

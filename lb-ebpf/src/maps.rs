@@ -2,12 +2,12 @@
 //! each name in `lb_common::map_names::ALL` exists in the loaded object.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
     Backend, CONNTRACK_DEFAULT_ENTRIES, FlowKey, FlowState, LbConfig, MAX_BACKENDS, MAX_TX_PORTS,
-    MAX_VIPS, RING_SIZE_DEFAULT, VIP_FILTER_WORDS, VipKey, VipMeta,
+    MAX_VIPS, RING_SIZE_DEFAULT, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta,
     capture::{CAPTURE_RING_BYTES, CaptureConfig, CaptureCounters, CaptureScratch},
     stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_COUNT, VipStats},
 };
@@ -32,15 +32,17 @@ pub static RINGS: ArrayOfMaps<
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// flow -> backend and last-seen time, per CPU (RSS keeps a flow on one CPU, so no locking).
-/// LRU: under a flood of new flows the oldest entries go, and those flows follow the ring.
+/// flow -> backend and last-seen time: one entry per flow, shared by every CPU, so a flow has
+/// one answer whichever CPU its packets reach (RSS changes, veth, RPS). LRU over all CPUs:
+/// capacity is flows, not flows per CPU; under pressure the least recently used entries go,
+/// and flow starts above the new-flow limit are not inserted at all (`NEW_FLOW_RATE`).
 #[btf_map]
-pub static CONNTRACK: LruPerCpuHashMap<
-    FlowKey,
-    FlowState,
-    { CONNTRACK_DEFAULT_ENTRIES as usize },
-    { lb_common::BPF_F_NO_COMMON_LRU as usize },
-> = LruPerCpuHashMap::new();
+pub static CONNTRACK: LruHashMap<FlowKey, FlowState, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// Flow starts admitted into conntrack in the current window, per CPU (no locking).
+#[btf_map]
+pub static NEW_FLOW_RATE: PerCpuArray<RateWindow, 1> = PerCpuArray::new();
 
 /// Index 0: run-time settings (hash seed, MTU, encap sources, GUE port).
 #[btf_map]

@@ -28,7 +28,8 @@ pub fn finish(ctx: &XdpContext, v: Verdict) -> u32 {
 
 #[inline(always)]
 pub fn count_forward(vip_id: u32, backend_id: u32, pick: Pick, stateful: bool, bytes: u64) {
-    let fresh = stateful && pick != Pick::Tracked;
+    // An entry was written: a new flow for the VIP and the backend.
+    let fresh = stateful && pick != Pick::Tracked && pick != Pick::Deferred;
     if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot of an array map; only this CPU writes it.
         unsafe {
@@ -39,11 +40,16 @@ pub fn count_forward(vip_id: u32, backend_id: u32, pick: Pick, stateful: bool, b
                     (*s).conntrack_hits += 1;
                 } else {
                     (*s).conntrack_misses += 1;
-                    (*s).new_flows += 1;
                 }
             }
-            if pick == Pick::Failover {
-                (*s).failovers += 1;
+            if fresh {
+                (*s).new_flows += 1;
+            }
+            match pick {
+                Pick::Failover => (*s).failovers += 1,
+                Pick::Expired => (*s).expired += 1,
+                Pick::Deferred => (*s).deferred += 1,
+                _ => {}
             }
         }
     }

@@ -1,49 +1,20 @@
 //! The decision's tables, backed by the BPF maps.
 
-use aya_ebpf::helpers::bpf_map_lookup_percpu_elem;
 use lb_common::{
-    Backend, CONNTRACK_SCAN_CPUS, FlowKey, FlowState, PROTO_TCP, VipKey, VipMeta, decision::Tables,
+    Backend, FlowKey, FlowState, VipKey, VipMeta,
+    decision::{Entry, Tables},
 };
 
-use crate::maps::{BACKENDS, CLOCK, CONNTRACK, RINGS, VIP_FILTER, VIPS};
+use crate::maps::{BACKENDS, CLOCK, CONNTRACK, NEW_FLOW_RATE, RINGS, VIP_FILTER, VIPS};
 
 pub struct Maps {
     /// Some VIP is a port-0 wildcard (`CFG_F_WILDCARD_VIPS`); otherwise port-0 lookups are
     /// known misses and skipped.
     pub wildcards: bool,
-    /// CPUs to search when a TCP packet of an established flow misses this CPU's conntrack.
-    pub nr_cpus: u32,
     /// `VIP_FILTER` is populated (`CFG_F_VIP_FILTER`).
     pub filter: bool,
-}
-
-impl Maps {
-    /// A TCP flow's entry on another CPU. Conntrack is per CPU and RSS normally keeps a flow on
-    /// one, but a flow can move (veth schedules by sender CPU, NIC RSS tables get rehashed);
-    /// following the ring instead would move it to another backend whenever the ring changed
-    /// since it started. Found entries are copied to this CPU, so the search runs once.
-    #[inline(never)]
-    fn tracked_elsewhere(&self, key: &FlowKey) -> Option<u32> {
-        let map = core::ptr::from_ref(&CONNTRACK)
-            .cast_mut()
-            .cast::<core::ffi::c_void>();
-        let mut cpu = 0u32;
-        while cpu < CONNTRACK_SCAN_CPUS && cpu < self.nr_cpus {
-            // SAFETY: a lookup helper on our own map with a key of its key type.
-            let p = unsafe { bpf_map_lookup_percpu_elem(map, core::ptr::from_ref(key).cast(), cpu) }
-                as *const FlowState;
-            if !p.is_null() {
-                // SAFETY: a non-null value pointer of this map; read once.
-                let id = unsafe { (*p).backend_id };
-                if id != 0 {
-                    insert(key, id);
-                    return Some(id);
-                }
-            }
-            cpu += 1;
-        }
-        None
-    }
+    /// `LbConfig::new_flow_limit`.
+    pub new_flow_limit: u32,
 }
 
 impl Tables for Maps {
@@ -69,23 +40,24 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn tracked(&mut self, key: &FlowKey) -> Option<u32> {
-        // An element of a per-CPU map holds a value for every CPU: this CPU's may be zero
-        // (the flow was tracked elsewhere) even when the lookup succeeds.
-        if let Some(state) = CONNTRACK.get_ptr_mut(key) {
-            // SAFETY: per-CPU value of an LRU map: only this CPU reads and writes this slot.
-            unsafe {
-                let id = (*state).backend_id;
-                if id != 0 {
-                    (*state).last_seen_ns = now();
-                    return Some(id);
-                }
+    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry> {
+        let state = CONNTRACK.get_ptr_mut(key)?;
+        let now = now();
+        // SAFETY: a value of our map, read and written in aligned words: another CPU may
+        // stamp the same entry concurrently, which only races two equal-enough clock values;
+        // a rewrite by another CPU replaces the element, never tears this one.
+        unsafe {
+            let s = *state;
+            let expired = s.expired(now, timeout_s);
+            // The clock moves once a second: stamp only when it changed (no write per packet).
+            if !expired && s.last_seen_ns != now {
+                (*state).last_seen_ns = now;
             }
+            Some(Entry {
+                backend_id: s.backend_id,
+                expired,
+            })
         }
-        if key.proto == PROTO_TCP && self.nr_cpus > 1 {
-            return self.tracked_elsewhere(key);
-        }
-        None
     }
 
     #[inline(always)]
@@ -102,6 +74,18 @@ impl Tables for Maps {
     fn track(&mut self, key: &FlowKey, backend_id: u32) {
         insert(key, backend_id);
     }
+
+    #[inline(always)]
+    fn admit(&mut self) -> bool {
+        if self.new_flow_limit == 0 {
+            return true;
+        }
+        match NEW_FLOW_RATE.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot; only this CPU reads and writes it.
+            Some(w) => unsafe { (*w).admit(now(), self.new_flow_limit) },
+            None => true,
+        }
+    }
 }
 
 /// The daemon's clock (see `CLOCK`); 0 when no daemon writes it (fixtures, replay).
@@ -110,8 +94,8 @@ fn now() -> u64 {
     CLOCK.get(0).copied().unwrap_or(0)
 }
 
-/// Track `key` on this CPU. A failed insert (map full of locked entries) only loses
-/// stickiness; the ring still routes the flow consistently while the backend set is unchanged.
+/// Track `key` for every CPU. A failed insert only loses stickiness; the ring still routes the
+/// flow consistently while the backend set is unchanged.
 #[inline(always)]
 fn insert(key: &FlowKey, backend_id: u32) {
     let state = FlowState {

@@ -65,6 +65,16 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
         "vip_failovers",
         "Tracked flows re-picked because their backend was down.",
     );
+    let ve = counter(
+        &mut r,
+        "vip_conntrack_expired",
+        "Tracked flows idle past the VIP's timeout, re-picked as new flows.",
+    );
+    let vd = counter(
+        &mut r,
+        "vip_flows_deferred",
+        "Flow starts above the new-flow limit, forwarded by the ring without a conntrack entry.",
+    );
     let bp = counter(
         &mut r,
         "backend_packets",
@@ -135,6 +145,11 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
             api.errors.load(Ordering::Relaxed),
         ),
         (
+            "conntrack_evictions",
+            "Conntrack entries pushed out by inserts into a full table (estimated).",
+            st.conntrack_evictions,
+        ),
+        (
             "api_refused",
             "Control connections refused for their peer's credentials.",
             api.refused.load(Ordering::Relaxed),
@@ -147,14 +162,14 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     }
     let cap = Gauge::<i64>::default();
     cap.set(st.conntrack_capacity as i64);
-    r.register("conntrack_capacity", "Conntrack slots per CPU.", cap);
+    r.register(
+        "conntrack_capacity",
+        "Conntrack capacity in flows, shared by every CPU.",
+        cap,
+    );
     let occ = Gauge::<i64>::default();
     occ.set(m.conntrack_entries as i64);
-    r.register(
-        "conntrack_entries",
-        "Tracked flows (keys present on any CPU).",
-        occ,
-    );
+    r.register("conntrack_entries", "Tracked flows.", occ);
 
     for s in &m.stats.vips {
         let lv = l(&[("vip", &s.vip)]);
@@ -164,6 +179,8 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
         vh.get_or_create(&lv).inc_by(s.conntrack_hits);
         vm.get_or_create(&lv).inc_by(s.conntrack_misses);
         vf.get_or_create(&lv).inc_by(s.failovers);
+        ve.get_or_create(&lv).inc_by(s.expired);
+        vd.get_or_create(&lv).inc_by(s.deferred);
     }
     for b in &m.backends {
         let lb = l(&[("vip", &b.vip), ("backend", &b.address)]);

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Map, MapData, MapError};
 use lb_common::{
     FlowKey, FlowState,
     capture::{CAPTURE_ALL_OUTCOMES, CAPTURE_NO_VIP, CaptureConfig},
@@ -61,9 +61,9 @@ pub struct Replayed {
 
 pub struct Replayer {
     dp: Dataplane,
-    live_conntrack: PerCpuHashMap<MapData, FlowKey, FlowState>,
+    live_conntrack: aya::maps::HashMap<MapData, FlowKey, FlowState>,
     /// Private conntrack entries as the replay left them, per flow seen so far (None: absent).
-    mirror: HashMap<FlowKey, Option<Vec<FlowState>>>,
+    mirror: HashMap<FlowKey, Option<FlowState>>,
     names: Names,
 }
 
@@ -93,7 +93,7 @@ impl Replayer {
         let err = |e| Error::map(&what, e);
         let data = MapData::from_pin(&path).map_err(err)?;
         let live_conntrack =
-            PerCpuHashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
+            aya::maps::HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
         let names = Names::from_vips(dp.vips()?);
         Ok(Replayer {
             dp,
@@ -128,7 +128,7 @@ impl Replayer {
         if probe.hdr.parsed != 0 {
             let key = probe.hdr.key;
             let want = match self.mirror.get(&key) {
-                Some(v) => v.clone(),
+                Some(v) => *v,
                 None => {
                     let live = self.live_entry(&key)?;
                     live_entry = live.is_some();
@@ -148,6 +148,8 @@ impl Replayer {
         let pick = match (before, after) {
             (Some(b), Some(a)) if a.packets > b.packets => Some(if a.failovers > b.failovers {
                 "failover"
+            } else if a.expired > b.expired {
+                "expired"
             } else if a.conntrack_hits > b.conntrack_hits {
                 "tracked"
             } else if a.new_flows > b.new_flows {
@@ -193,50 +195,36 @@ impl Replayer {
         Ok((rec, out.frame))
     }
 
-    fn live_entry(&self, key: &FlowKey) -> Result<Option<Vec<FlowState>>, Error> {
+    fn live_entry(&self, key: &FlowKey) -> Result<Option<FlowState>, Error> {
         match self.live_conntrack.get(key, 0) {
-            Ok(vals) => {
-                // The replay runs on whichever CPU it is on: the live CPU's entry is given to all.
-                Ok(vals
-                    .iter()
-                    .find(|v| v.backend_id != 0)
-                    .map(|v| vec![*v; vals.len()]))
-            }
+            Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(Error::map("reading the live conntrack", e)),
         }
     }
 
-    fn private_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, FlowKey, FlowState>, Error> {
-        let m = self.dp.map_mut_by_name(map_names::CONNTRACK)?;
-        PerCpuHashMap::try_from(m).map_err(|e| Error::map("the replay's conntrack", e))
+    fn private_entry(&mut self, key: &FlowKey) -> Result<Option<FlowState>, Error> {
+        Ok(self.dp.flow(key)?)
     }
 
-    fn private_entry(&mut self, key: &FlowKey) -> Result<Option<Vec<FlowState>>, Error> {
-        match self.private_map()?.get(key, 0) {
-            Ok(v) => Ok(Some(v.iter().copied().collect())),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(Error::map("the replay's conntrack", e)),
-        }
-    }
-
-    fn restore(&mut self, key: &FlowKey, want: Option<Vec<FlowState>>) -> Result<(), Error> {
-        let mut m = self.private_map()?;
-        let err = |e| Error::map("the replay's conntrack", e);
+    fn restore(&mut self, key: &FlowKey, want: Option<FlowState>) -> Result<(), Error> {
         match want {
-            Some(v) => {
-                let vals = PerCpuValues::try_from(v).map_err(|e| err(MapError::from(e)))?;
-                m.insert(key, vals, 0).map_err(err)
-            }
-            None => match m.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                Err(MapError::SyscallError(e))
-                    if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-                {
-                    Ok(())
+            Some(v) => Ok(self.dp.set_flow(key, &v)?),
+            None => {
+                let m = self.dp.map_mut_by_name(map_names::CONNTRACK)?;
+                let mut m: aya::maps::HashMap<_, FlowKey, FlowState> =
+                    aya::maps::HashMap::try_from(m)
+                        .map_err(|e| Error::map("the replay's conntrack", e))?;
+                match m.remove(key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(Error::map("the replay's conntrack", e)),
                 }
-                Err(e) => Err(err(e)),
-            },
+            }
         }
     }
 
@@ -258,6 +246,8 @@ fn pinned_config(pin_dir: &Path) -> Result<lb_common::LbConfig, Error> {
     let mut c = a.get(&0, 0).map_err(err)?;
     // A capture running live must not make the replay's copy think one is wanted twice.
     c.flags &= !lb_common::CFG_F_CAPTURE;
+    // What the forwarder does with a flow, not what the live flood protection would.
+    c.new_flow_limit = 0;
     Ok(c)
 }
 

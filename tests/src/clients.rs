@@ -45,14 +45,32 @@ impl LongLived {
     /// `n` TCP connections (or UDP flows) from `client` to the VIP's `port`, each pinging every
     /// `period` until `finish`.
     pub fn start(client: &Netns, n: usize, port: u16, udp: bool, period: Duration) -> LongLived {
+        LongLived::spawn(client, n, port, udp, period, false)
+    }
+
+    /// Like `start`, but the client thread moves to the other CPU every round: consecutive
+    /// packets of one flow meet the forwarder on different CPUs (as after an RSS change, or on
+    /// veth and virtual NICs).
+    pub fn hopping(client: &Netns, n: usize, port: u16, udp: bool, period: Duration) -> LongLived {
+        LongLived::spawn(client, n, port, udp, period, true)
+    }
+
+    fn spawn(
+        client: &Netns,
+        n: usize,
+        port: u16,
+        udp: bool,
+        period: Duration,
+        hop: bool,
+    ) -> LongLived {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = client.spawn(move || {
             pin(0);
             if udp {
-                udp_flows(n, port, period, &s)
+                udp_flows(n, port, period, &s, hop)
             } else {
-                tcp_flows(n, port, period, &s)
+                tcp_flows(n, port, period, &s, hop)
             }
         });
         LongLived { stop, handle }
@@ -73,7 +91,12 @@ fn record(t: &mut Tally, who: &str, ok: bool, took: Duration) {
     }
 }
 
-fn tcp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool) -> Tally {
+/// Possible CPUs of this machine.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn tcp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool, hop: bool) -> Tally {
     let mut conns: Vec<(TcpStream, String, bool)> = (0..n)
         .map(|_| {
             let mut c = TcpStream::connect((VIP, port)).expect("connect");
@@ -86,7 +109,12 @@ fn tcp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool) -> Tally 
         })
         .collect();
     let mut tally = Tally::new();
+    let mut round = 0;
     while !stop.load(Ordering::Relaxed) {
+        if hop {
+            round += 1;
+            pin(round % cpus());
+        }
         for (c, who, alive) in conns.iter_mut() {
             if !*alive {
                 continue;
@@ -108,7 +136,7 @@ fn tcp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool) -> Tally 
     tally
 }
 
-fn udp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool) -> Tally {
+fn udp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool, hop: bool) -> Tally {
     let socks: Vec<(UdpSocket, String)> = (0..n)
         .map(|_| {
             let u = UdpSocket::bind((Ipv4Addr::new(10, 0, 1, 2), 0)).expect("bind");
@@ -127,7 +155,12 @@ fn udp_flows(n: usize, port: u16, period: Duration, stop: &AtomicBool) -> Tally 
         })
         .collect();
     let mut tally = Tally::new();
+    let mut round = 0;
     while !stop.load(Ordering::Relaxed) {
+        if hop {
+            round += 1;
+            pin(round % cpus());
+        }
         for (u, who) in &socks {
             let t = Instant::now();
             let mut buf = [0u8; 64];
@@ -219,5 +252,59 @@ fn socket2_free_connect(from: Option<Ipv4Addr>, port: u16) -> std::io::Result<Tc
             return Err(std::io::Error::last_os_error());
         }
         Ok(stream)
+    }
+}
+
+/// Short TCP connections in a loop, one thread per CPU, until `finish`: answers per backend name,
+/// "error" for a connection that failed (refused, reset, timed out).
+pub struct ShortLoop {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<HashMap<String, usize>>>,
+}
+
+impl ShortLoop {
+    pub fn start(client: &Netns, port: u16) -> ShortLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..cpus())
+            .map(|cpu| {
+                let s = stop.clone();
+                client.spawn(move || {
+                    pin(cpu);
+                    let mut seen = HashMap::new();
+                    while !s.load(Ordering::Relaxed) {
+                        let who = (|| -> std::io::Result<String> {
+                            let mut c = TcpStream::connect_timeout(
+                                &(VIP, port).into(),
+                                Duration::from_secs(2),
+                            )?;
+                            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                            c.write_all(b"hi")?;
+                            let mut buf = [0u8; 64];
+                            let k = c.read(&mut buf)?;
+                            if k == 0 {
+                                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                            }
+                            Ok(name_of(&buf[..k]))
+                        })()
+                        .unwrap_or_else(|_| "error".into());
+                        *seen.entry(who).or_insert(0) += 1;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        ShortLoop { stop, handles }
+    }
+
+    pub fn finish(self) -> HashMap<String, usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = HashMap::new();
+        for h in self.handles {
+            for (k, v) in h.join().expect("client thread") {
+                *all.entry(k).or_insert(0) += v;
+            }
+        }
+        all
     }
 }

@@ -48,6 +48,8 @@ impl Fixture {
             // As the daemon runs it: non-VIP addresses are told apart by the address filter.
             flags: lb_common::CFG_F_VIP_FILTER,
             nr_cpus: aya::util::nr_cpus().expect("possible CPUs") as u16,
+            new_flow_limit: 0,
+            _pad: 0,
         };
         let mut f = Fixture {
             dp,
@@ -114,6 +116,11 @@ impl Fixture {
             hash_mode,
             fwd_mode,
             flags,
+            idle_timeout_s: if proto == lb_common::PROTO_TCP {
+                lb_common::TCP_IDLE_TIMEOUT_DEFAULT
+            } else {
+                lb_common::UDP_IDLE_TIMEOUT_DEFAULT
+            },
         };
         if port == 0 && self.cfg.flags & lb_common::CFG_F_WILDCARD_VIPS == 0 {
             self.cfg.flags |= lb_common::CFG_F_WILDCARD_VIPS;
@@ -166,7 +173,20 @@ impl Fixture {
     }
 
     pub fn tracked(&self, key: &FlowKey) -> Option<u32> {
-        self.model.conntrack.get(key).copied()
+        self.model.tracked_backend(key)
+    }
+
+    /// Set the daemon's clock (`CLOCK`) on both sides.
+    pub fn set_clock(&mut self, ns: u64) {
+        self.dp.set_clock(ns).expect("clock");
+        self.model.now = ns;
+    }
+
+    /// Set the new-flow limit (per CPU) on both sides.
+    pub fn set_new_flow_limit(&mut self, limit: u32) {
+        self.cfg.new_flow_limit = limit;
+        self.dp.set_config(&self.cfg).expect("config");
+        self.model.new_flow_limit = limit;
     }
 }
 

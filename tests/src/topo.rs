@@ -238,6 +238,7 @@ impl Topology {
                 hash_mode: HASH_FIVE_TUPLE,
                 fwd_mode: FWD_IPIP,
                 flags: 0,
+                idle_timeout_s: 0,
             };
             t.dp.set_vip(&key, &meta).expect("vip");
         }

@@ -788,16 +788,89 @@ fn flows_are_stamped_with_the_daemons_clock() {
     let s = Spec::new("192.0.2.71", 50002, "10.0.0.10", 80, 6).syn();
     let key = key_of(&s);
     let stamp = |f: &Fixture| {
-        let states = f.dp.flow(&key).expect("flow");
-        assert_eq!(states.len(), 1, "tracked on this CPU only: {states:?}");
-        states[0].1.last_seen_ns
+        f.dp.flow(&key)
+            .expect("flow")
+            .expect("tracked")
+            .last_seen_ns
     };
-    f.dp.set_clock(7_000_000_000).expect("clock");
+    f.set_clock(7_000_000_000);
     forward(&mut f, &s);
     assert_eq!(stamp(&f), 7_000_000_000, "a new flow takes the clock");
-    f.dp.set_clock(9_000_000_000).expect("clock");
+    f.set_clock(9_000_000_000);
     forward(&mut f, &s.ack());
     assert_eq!(stamp(&f), 9_000_000_000, "a tracked packet refreshes it");
+}
+
+#[test]
+fn an_entry_idle_past_its_timeout_is_a_new_flow() {
+    let mut f = setup();
+    // UDP (30 s) and TCP (3 h) VIPs, a flow each, stamped at 1000 s.
+    let udp = Spec::new("192.0.2.80", 50003, "10.0.0.10", 53, 17);
+    let tcp = Spec::new("192.0.2.80", 50004, "10.0.0.10", 80, 6).syn();
+    f.set_clock(1_000_000_000_000);
+    let (bu, bt) = (forward(&mut f, &udp), forward(&mut f, &tcp));
+    // Both rings lose the tracked backends (drained, not down): only the entries keep them.
+    let others_u: Vec<(u32, u32)> = [1, 2, 3]
+        .iter()
+        .filter(|&&i| i != bu)
+        .map(|&i| (i, 1))
+        .collect();
+    f.set_members(VIP_UDP4_GUE, &others_u);
+    ring_without(&mut f, bt);
+    let stats = |f: &Fixture| f.dp.vip_stats(VIP_UDP4_GUE).expect("stats").expired;
+    let before = stats(&f);
+    f.set_clock(1_000_000_000_000 + 29_000_000_000);
+    assert_eq!(forward(&mut f, &udp), bu, "idle 29 s of 30: still tracked");
+    f.set_clock(1_000_000_000_000 + 60_000_000_000);
+    let now_u = forward(&mut f, &udp);
+    assert_ne!(now_u, bu, "idle 31 s of 30: a new flow, through the ring");
+    assert_eq!(stats(&f), before + 1, "counted as expired");
+    assert_eq!(
+        forward(&mut f, &udp),
+        now_u,
+        "and tracked again on its new backend"
+    );
+    assert_eq!(forward(&mut f, &tcp.ack()), bt, "TCP's 3 h have not passed");
+    f.set_clock(1_000_000_000_000 + 4 * 3600 * 1_000_000_000);
+    assert_ne!(
+        forward(&mut f, &tcp.ack()),
+        bt,
+        "after 4 idle hours TCP is a new flow too"
+    );
+}
+
+#[test]
+fn above_the_new_flow_limit_syns_are_forwarded_untracked() {
+    let mut f = setup();
+    f.set_clock(5_000_000_000_000);
+    f.set_new_flow_limit(3);
+    let syns: Vec<Spec> = (0..6)
+        .map(|p| Spec::new("192.0.2.90", 51000 + p, "10.0.0.10", 80, 6).syn())
+        .collect();
+    let deferred = |f: &Fixture| f.dp.vip_stats(VIP_TCP4).expect("stats").deferred;
+    let before = deferred(&f);
+    for s in &syns {
+        forward(&mut f, s);
+    }
+    assert_eq!(deferred(&f), before + 3, "three above the limit");
+    let tracked = syns
+        .iter()
+        .filter(|s| f.dp.flow(&key_of(s)).expect("flow").is_some())
+        .count();
+    assert_eq!(tracked, 3, "only the first three wrote entries");
+    // A deferred flow's first non-SYN packet is tracked: a real client is one that answers.
+    let b = forward(&mut f, &syns[5].ack());
+    assert_eq!(
+        f.dp.flow(&key_of(&syns[5]))
+            .expect("flow")
+            .map(|s| s.backend_id),
+        Some(b)
+    );
+    // The next window admits again.
+    f.set_clock(5_000_000_000_000 + (1 << 30));
+    let fresh = Spec::new("192.0.2.90", 52000, "10.0.0.10", 80, 6).syn();
+    forward(&mut f, &fresh);
+    assert!(f.dp.flow(&key_of(&fresh)).expect("flow").is_some());
 }
 
 #[test]
@@ -828,28 +901,49 @@ fn a_tcp_flow_tracked_on_another_cpu_keeps_its_backend() {
     assert!(aya::util::nr_cpus().expect("cpus") >= 2, "needs two CPUs");
     let mut f = setup();
     let s = Spec::new("192.0.2.61", 50001, "10.0.0.10", 80, 6).syn();
-    // The SYN is tracked on CPU 1 only.
     pin_to_cpu(1);
     let b = forward(&mut f, &s);
     pin_to_cpu(0);
     // The ring no longer names the tracked backend (drained), so the ring would move the flow.
     ring_without(&mut f, b);
-    let ack = s.ack();
     assert_eq!(
-        forward(&mut f, &ack),
+        forward(&mut f, &s.ack()),
         b,
-        "a packet on CPU 0 finds the flow tracked on CPU 1"
+        "a packet on CPU 0 uses the entry written on CPU 1"
     );
-    // Copied to CPU 0: found there directly from now on.
-    let key = key_of(&ack);
-    let cpus: Vec<u32> =
+    let n =
         f.dp.flows()
             .expect("flows")
             .into_iter()
-            .filter(|(k, _)| *k == key)
-            .flat_map(|(_, v)| v.into_iter().map(|s| s.backend_id))
-            .collect();
-    assert_eq!(cpus, vec![b, b], "tracked on both CPUs");
+            .filter(|(k, _)| *k == key_of(&s))
+            .count();
+    assert_eq!(n, 1, "one entry for the flow, whatever the CPU");
+}
+
+/// The bug of a per-CPU table: a SYN on CPU 1 lands on X; X leaves the ring; the five-tuple's
+/// new SYN on CPU 0 is re-picked to Y; its ACK on CPU 1 must go to Y, not to CPU 1's old X.
+#[test]
+fn a_syn_re_pick_on_one_cpu_is_what_every_cpu_uses() {
+    assert!(aya::util::nr_cpus().expect("cpus") >= 2, "needs two CPUs");
+    let mut f = setup();
+    for p in 0..16 {
+        let s = Spec::new("192.0.2.62", 53000 + p, "10.0.0.10", 80, 6).syn();
+        pin_to_cpu(1);
+        let x = forward(&mut f, &s);
+        ring_without(&mut f, x);
+        pin_to_cpu(0);
+        let y = forward(&mut f, &s);
+        assert_ne!(y, x, "the SYN follows the ring");
+        pin_to_cpu(1);
+        assert_eq!(
+            forward(&mut f, &s.ack()),
+            y,
+            "flow {p}: the ACK on CPU 1 follows the re-pick"
+        );
+        pin_to_cpu(0);
+        assert_eq!(forward(&mut f, &s.ack()), y);
+        f.set_members(VIP_TCP4, &[(1, 1), (2, 1), (3, 1)]);
+    }
 }
 
 /// Rebuild VIP_TCP4's ring from backends 1-3 without `b` (drained, not down).

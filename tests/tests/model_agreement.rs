@@ -1,5 +1,6 @@
 //! The XDP program and the reference model agree on every packet: thousands of random flows over
-//! every VIP of the fixture topology, before and after backend removal, drain and failure.
+//! every VIP of the fixture topology, before and after backend removal, drain and failure, idle
+//! expiry and the new-flow limit.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -146,6 +147,27 @@ fn kernel_and_model_agree_on_random_flows_through_backend_changes() {
     // Fresh flows after all the changes.
     let fresh = random_flows(&mut runner, 2000);
     total += agree(&mut f, &fresh, "fresh flows");
+
+    // Idle timeouts: 40 s later every UDP entry has expired (30 s), no TCP one (3 h); after a
+    // ring change, expired flows are re-picked in both.
+    f.set_clock(1_000_000_000_000);
+    total += agree(&mut f, &fresh, "stamped");
+    f.set_members(VIP_UDP4_GUE, &[(1, 1), (3, 1), (4, 1)]);
+    f.set_members(VIP_UDP4_ANY, &[(1, 1), (4, 1)]);
+    f.set_clock(1_000_000_000_000 + 40_000_000_000);
+    total += agree(&mut f, &fresh, "UDP expired");
+
+    // The new-flow limit: flow starts above it go untracked, in the same order in both.
+    f.set_new_flow_limit(100);
+    let flood = random_flows(&mut runner, 2000);
+    total += agree(&mut f, &flood, "above the new-flow limit");
+    // A ring change tells tracked flows (they stay) from deferred ones (they follow the ring).
+    f.set_members(VIP_TCP4, &[(1, 1), (3, 1), (4, 1)]);
+    f.set_members(VIP_L2_ANY, &[(1, 1), (3, 1)]);
+    f.set_members(VIP_UDP4_GUE, &[(3, 1), (4, 1)]);
+    let before = f.dp.vip_stats(VIP_TCP4).expect("stats").deferred;
+    total += agree(&mut f, &flood, "replay above the limit, ring changed");
+    assert!(before > 0, "the limit deferred flow starts");
     println!("kernel and model agreed on {total} packets");
     assert!(total >= 10_000);
 }

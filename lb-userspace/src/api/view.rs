@@ -92,7 +92,7 @@ pub struct MetricsView {
     pub status: StatusView,
     pub stats: StatsView,
     pub backends: Vec<BackendView>,
-    /// Tracked flows (keys present on any CPU).
+    /// Tracked flows at the last count.
     pub conntrack_entries: u64,
 }
 
@@ -117,7 +117,15 @@ pub struct StatusView {
     /// VIPs running below their quorum of healthy backends.
     pub below_quorum: Vec<String>,
     pub quorum_losses: u64,
+    /// Flows conntrack holds at most, shared by every CPU.
     pub conntrack_capacity: u32,
+    /// Flows tracked at the last count (every 10 s, every 2 s when near full).
+    #[serde(default)]
+    pub conntrack_entries: u64,
+    /// Entries pushed out by inserts into a full table since the daemon started (estimated
+    /// from writes and counts).
+    #[serde(default)]
+    pub conntrack_evictions: u64,
     pub applies: u64,
     pub ring_rebuilds: u64,
     /// The running capture (`xlb capture`): it costs the forwarder a copy per packet.
@@ -182,6 +190,12 @@ pub struct VipStatsView {
     pub conntrack_hits: u64,
     pub conntrack_misses: u64,
     pub failovers: u64,
+    /// Entries idle past their timeout, re-picked as new flows.
+    #[serde(default)]
+    pub expired: u64,
+    /// Flow starts above the new-flow limit, forwarded untracked.
+    #[serde(default)]
+    pub deferred: u64,
     pub pps: f64,
     pub bps: f64,
 }
@@ -211,9 +225,15 @@ pub struct FlowView {
     pub protocol: String,
     pub backend: String,
     pub backend_id: u32,
-    /// CPUs holding an entry for this flow (conntrack is per CPU).
+    /// CPUs whose packets of this flow use this entry: all of them (one entry per flow).
     pub cpus: Vec<usize>,
     pub idle_ms: u64,
+    /// The VIP's idle timeout (0: none).
+    #[serde(default)]
+    pub idle_timeout_secs: u32,
+    /// Idle past the timeout: its next packet is a new flow.
+    #[serde(default)]
+    pub expired: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -232,7 +252,7 @@ pub struct ExplainView {
     pub reason: Option<String>,
     pub backend: Option<String>,
     pub backend_id: Option<u32>,
-    /// `tracked`, `ring` or `failover`.
+    /// `tracked`, `ring`, `failover` or `expired`.
     pub how: Option<String>,
     pub slot: Option<u32>,
     pub ring_size: Option<u32>,

@@ -77,8 +77,8 @@ fn median_ms(mut f: impl FnMut() -> Result<()>, runs: usize) -> Result<f64> {
 fn conntrack_bytes_per_flow(dp: &Dataplane) -> Result<f64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
     let map = dp.map_by_name(map_names::CONNTRACK)?;
-    let aya::maps::Map::PerCpuLruHashMap(data) = map else {
-        anyhow::bail!("conntrack is not an LRU per-CPU hash");
+    let aya::maps::Map::LruHashMap(data) = map else {
+        anyhow::bail!("conntrack is not an LRU hash");
     };
     let fd = data.fd().as_fd().as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
@@ -191,8 +191,18 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "\nring build + swap, 1000 backends: {:.2} ms\nconntrack memory: {:.0} bytes per flow slot",
-        r.ring_swap_ms_1000_backends, r.conntrack_bytes_per_flow
+        "\nring build + swap, 1000 backends: {:.2} ms",
+        r.ring_swap_ms_1000_backends
+    );
+    let b = r.conntrack_bytes_per_flow;
+    let _ = writeln!(
+        s,
+        "conntrack memory per flow (kernel memlock / max_entries): one shared LRU entry = 48 (element header) + 40 (key) + 16 (value) + the bucket's share (16 x buckets / entries), whatever the CPU count\n  {} CPUs: {b:.0} bytes (measured)\n  64 CPUs: {b:.0} bytes, 128 CPUs: {b:.0} bytes (computed: nothing per flow depends on the CPUs)\n  (the per-CPU table it replaced: 112 + 16 x CPUs = {} / {} / {} bytes at {} / 64 / 128 CPUs, computed)",
+        r.cpus,
+        112 + 16 * r.cpus,
+        112 + 16 * 64,
+        112 + 16 * 128,
+        r.cpus
     );
     s
 }

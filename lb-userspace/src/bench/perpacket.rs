@@ -149,6 +149,7 @@ fn setup(dp: &mut Dataplane) -> Result<()> {
                 hash_mode: HASH_FIVE_TUPLE,
                 fwd_mode: v.fwd,
                 flags: 0,
+                idle_timeout_s: lb_common::TCP_IDLE_TIMEOUT_DEFAULT,
             },
         )?;
     }

@@ -155,6 +155,7 @@ pub fn run(secs: f64) -> Result<Throughput> {
             hash_mode: HASH_FIVE_TUPLE,
             fwd_mode: FWD_IPIP,
             flags: 0,
+            idle_timeout_s: lb_common::UDP_IDLE_TIMEOUT_DEFAULT,
         },
     )?;
     // The encapsulated frames are 20 bytes longer than the generator's.

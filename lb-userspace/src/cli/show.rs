@@ -52,8 +52,12 @@ pub fn status(client: &Client, o: OutputArg) -> Result<()> {
         println!("capture running: {c}");
     }
     println!(
-        "conntrack capacity {} flows/CPU; {} applies, {} ring rebuilds",
-        s.conntrack_capacity, s.applies, s.ring_rebuilds
+        "conntrack {} of {} flows (one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
+        s.conntrack_entries,
+        s.conntrack_capacity,
+        s.conntrack_evictions,
+        s.applies,
+        s.ring_rebuilds
     );
     Ok(())
 }
@@ -74,6 +78,8 @@ fn render_stats(s: &StatsView) -> String {
                 v.conntrack_hits.to_string(),
                 v.conntrack_misses.to_string(),
                 v.failovers.to_string(),
+                v.expired.to_string(),
+                v.deferred.to_string(),
             ]
         })
         .collect();
@@ -88,6 +94,8 @@ fn render_stats(s: &StatsView) -> String {
             "CT-HITS",
             "CT-MISSES",
             "FAILOVERS",
+            "EXPIRED",
+            "DEFERRED",
         ],
         vips,
     );
@@ -163,15 +171,21 @@ pub fn flows(client: &Client, vip: Option<VipRef>, limit: usize, o: OutputArg) -
                 f.dst,
                 f.protocol,
                 f.backend,
-                format!("{:?}", f.cpus),
                 f.idle_ms.to_string(),
+                if f.idle_timeout_secs == 0 {
+                    "-".to_string()
+                } else if f.expired {
+                    format!("{} (expired)", f.idle_timeout_secs)
+                } else {
+                    f.idle_timeout_secs.to_string()
+                },
             ]
         })
         .collect();
     print!(
         "{}",
         table(
-            &["SOURCE", "VIP", "PROTO", "BACKEND", "CPUS", "IDLE-MS"],
+            &["SOURCE", "VIP", "PROTO", "BACKEND", "IDLE-MS", "TIMEOUT-S"],
             rows
         )
     );
@@ -209,8 +223,12 @@ pub fn explain(client: &Client, src: SocketAddr, dst: &str, syn: bool, o: Output
             let id = e.backend_id.unwrap_or(0);
             match e.how.as_deref() {
                 Some("tracked") => println!(
-                    "  -> backend {backend} (id {id}): tracked flow (conntrack entry on CPU {:?})",
-                    e.tracked_on_cpus
+                    "  -> backend {backend} (id {id}): tracked flow (its one conntrack entry, used by every CPU)"
+                ),
+                Some("expired") => println!(
+                    "  -> backend {backend} (id {id}): its entry was idle past the timeout; a new flow at ring slot {} of {}",
+                    e.slot.unwrap_or(0),
+                    e.ring_size.unwrap_or(0)
                 ),
                 Some("failover") => println!(
                     "  -> backend {backend} (id {id}): its tracked backend is down; re-picked at ring slot {} of {}",

@@ -46,7 +46,8 @@ pub struct DaemonConfig {
     pub state_file: PathBuf,
     /// bpffs directory for pinned maps and links.
     pub pin_dir: PathBuf,
-    /// Conntrack capacity (flows per CPU) when the maps are created.
+    /// Conntrack capacity in flows, shared by every CPU, when the maps are created (an adopted
+    /// map keeps its size until a cold start).
     pub conntrack_entries: u32,
     /// Default Maglev ring size (prime).
     pub ring_size: u32,
@@ -100,6 +101,17 @@ pub struct Forwarding {
     /// Tell non-VIP traffic apart with a bitmap of VIP addresses before the VIP hash lookup:
     /// about 35 ns less per non-VIP packet, a few ns more per VIP packet.
     pub vip_address_filter: bool,
+    /// Seconds a TCP flow may be idle before its next packet is a new flow (0: never; the
+    /// table's LRU still makes room).
+    pub tcp_idle_timeout_secs: u32,
+    /// The same for UDP.
+    pub udp_idle_timeout_secs: u32,
+    /// Flow starts (SYNs, first UDP datagrams) tracked per second over all CPUs; above it they
+    /// follow the ring untracked and TCP is tracked from its first non-SYN packet, so a
+    /// spoofed-SYN flood cannot evict established flows. Default: `conntrack_entries / 60` (flow
+    /// starts cannot churn the table in under a minute); 0: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_flow_limit: Option<u32>,
 }
 
 impl Default for Forwarding {
@@ -113,6 +125,9 @@ impl Default for Forwarding {
             encap_source_v6_hash_bits: 0,
             hash_seed: DEFAULT_HASH_SEED,
             vip_address_filter: true,
+            tcp_idle_timeout_secs: lb_common::TCP_IDLE_TIMEOUT_DEFAULT,
+            udp_idle_timeout_secs: lb_common::UDP_IDLE_TIMEOUT_DEFAULT,
+            new_flow_limit: None,
         }
     }
 }
@@ -248,6 +263,10 @@ pub struct Vip {
     /// Overrides `daemon.ring_size` for this VIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_size: Option<u32>,
+    /// Overrides the protocol's idle timeout (`forwarding.tcp_idle_timeout_secs` or
+    /// `udp_idle_timeout_secs`) for this VIP's flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u32>,
     /// Health check of this VIP's backends (a backend's own `health` overrides it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
@@ -431,6 +450,23 @@ impl VipRef {
     }
 }
 
+impl Config {
+    /// Seconds a flow of `vip` may be idle before it is a new flow.
+    pub fn idle_timeout(&self, vip: &Vip) -> u32 {
+        vip.idle_timeout_secs.unwrap_or(match vip.protocol {
+            Protocol::Tcp => self.forwarding.tcp_idle_timeout_secs,
+            Protocol::Udp => self.forwarding.udp_idle_timeout_secs,
+        })
+    }
+
+    /// Flow starts tracked per second over all CPUs (0: no limit).
+    pub fn new_flow_limit(&self) -> u32 {
+        self.forwarding
+            .new_flow_limit
+            .unwrap_or(self.daemon.conntrack_entries / 60)
+    }
+}
+
 impl Vip {
     pub fn id(&self) -> VipRef {
         VipRef {
@@ -449,6 +485,7 @@ impl Vip {
             forwarding: FwdMode::default(),
             conntrack: true,
             ring_size: None,
+            idle_timeout_secs: None,
             health: None,
             quorum: None,
             on_quorum_loss: QuorumLoss::KeepLast,

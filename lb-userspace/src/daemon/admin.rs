@@ -132,6 +132,8 @@ mod tests {
             below_quorum: vec![],
             quorum_losses: 0,
             conntrack_capacity: 1024,
+            conntrack_entries: 7,
+            conntrack_evictions: 4,
             applies: 2,
             ring_rebuilds: 1,
             capture: None,
@@ -159,6 +161,8 @@ mod tests {
                                     conntrack_hits: 4,
                                     conntrack_misses: 1,
                                     failovers: 0,
+                                    expired: 0,
+                                    deferred: 2,
                                     pps: 0.0,
                                     bps: 0.0,
                                 }],
@@ -232,6 +236,8 @@ mod tests {
             "xlb_conntrack_capacity 1024",
             "xlb_health_transitions_total 3",
             "xlb_api_refused_total 1",
+            "xlb_conntrack_evictions_total 4",
+            "xlb_vip_flows_deferred_total{vip=\"10.0.0.1:80/tcp\"} 2",
         ] {
             assert!(body.contains(want), "{want} missing:\n{body}");
         }

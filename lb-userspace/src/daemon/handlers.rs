@@ -58,6 +58,7 @@ impl Owner {
             sampler: &self.sampler,
             capture: self.lease.as_ref(),
             node: &self.node,
+            occupancy: &self.occupancy,
             now: Instant::now(),
             mono_ns: monotonic_coarse_ns(),
         };

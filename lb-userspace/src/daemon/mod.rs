@@ -8,6 +8,7 @@ mod admin;
 pub mod capture;
 mod handlers;
 mod housekeeping;
+pub mod occupancy;
 pub mod owner;
 pub mod query;
 pub mod server;
@@ -130,6 +131,7 @@ pub async fn run(opts: Options) -> Result<()> {
         pin_dir: d.pin_dir.display().to_string(),
         adopted,
         forward_program_id: dp.program_id(lb_common::prog_names::FORWARD).unwrap_or(0),
+        cpus: aya::util::nr_cpus().unwrap_or(1),
     };
     let resolver = Arc::new(Resolver::new().context("opening rtnetlink")?);
     let nr_cpus = aya::util::nr_cpus().map(|n| n as u16).unwrap_or(0);

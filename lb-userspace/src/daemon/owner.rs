@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use super::{
     capture::{self, Lease},
+    occupancy::Occupancy,
     query::{self, Node, Sampler},
 };
 use crate::{
@@ -135,6 +136,7 @@ pub struct Owner {
     pub(super) sampler: Sampler,
     pub(super) lease: Option<Lease>,
     pub(super) node: Node,
+    pub(super) occupancy: Occupancy,
     pub(super) monitor: Monitor,
     pub(super) resolver: Arc<Resolver>,
     /// For spawned tasks to report back.
@@ -176,6 +178,7 @@ impl Owner {
             sampler: Sampler::default(),
             lease: None,
             node,
+            occupancy: Occupancy::default(),
             monitor,
             resolver,
             tx,
@@ -332,6 +335,18 @@ impl Owner {
         }
         capture::expire(&mut self.lease, &mut self.state, &mut env);
         let snap = query::snapshot(&self.state, &self.dp);
+        // Entries written: new flows less the re-picks that rewrote an existing entry.
+        let writes = snap
+            .vips
+            .values()
+            .map(|v| v.new_flows.saturating_sub(v.failovers + v.expired))
+            .sum();
+        let capacity = crate::state::Maps::conntrack_capacity(&self.dp).unwrap_or(0) as u64;
+        let dp = &self.dp;
+        self.occupancy
+            .observe(Instant::now(), writes, capacity, || {
+                dp.flows().ok().map(|f| f.len() as u64)
+            });
         self.sampler.record(Instant::now(), snap);
         self.sync_probes();
     }

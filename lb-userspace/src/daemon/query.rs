@@ -5,12 +5,12 @@ use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use lb_common::{
     Addr, Backend, FlowKey, VipKey, VipMeta,
-    decision::{self, PKT_NORMAL, Packet, Pick, Tables},
+    decision::{self, Entry, PKT_NORMAL, Packet, Pick, Tables},
     family_of,
     stats::{BackendStats, VipStats},
 };
 
-use super::capture::Lease;
+use super::{capture::Lease, occupancy::Occupancy};
 use crate::{
     api::{
         Availability, BackendStatsView, BackendView, ExplainView, FlowView, FlowsView, IfaceView,
@@ -26,6 +26,8 @@ pub struct Node {
     pub pin_dir: String,
     pub adopted: bool,
     pub forward_program_id: u32,
+    /// Possible CPUs: every one of them reads the one conntrack entry of a flow.
+    pub cpus: usize,
 }
 
 /// What a query reads.
@@ -35,6 +37,7 @@ pub struct Ctx<'a> {
     pub sampler: &'a Sampler,
     pub capture: Option<&'a Lease>,
     pub node: &'a Node,
+    pub occupancy: &'a Occupancy,
     pub now: Instant,
     /// `CLOCK_MONOTONIC_COARSE` in ns, for flow idle times.
     pub mono_ns: u64,
@@ -140,6 +143,8 @@ pub fn status(c: &Ctx) -> StatusView {
         backends_removing: s.removing,
         backends_unresolved: s.unresolved,
         conntrack_capacity: c.maps.conntrack_capacity().unwrap_or(0),
+        conntrack_entries: c.occupancy.entries(),
+        conntrack_evictions: c.occupancy.evictions,
         capture: c.capture.map(Lease::describe),
         applies: n.applies,
         ring_rebuilds: n.ring_rebuilds,
@@ -272,6 +277,8 @@ pub fn stats(c: &Ctx) -> StatsView {
             conntrack_hits: s.conntrack_hits,
             conntrack_misses: s.conntrack_misses,
             failovers: s.failovers,
+            expired: s.expired,
+            deferred: s.deferred,
             pps: rate(s.packets, old.map(|o| o.packets)),
             bps: rate(s.bytes, old.map(|o| o.bytes)) * 8.0,
         });
@@ -326,7 +333,8 @@ pub fn flows(
         flows: Vec::new(),
         truncated: false,
     };
-    for (k, states) in c.maps.flows()? {
+    let published = &c.state.published().vips;
+    for (k, st) in c.maps.flows()? {
         let Some(proto) = Protocol::from_number(k.proto) else {
             continue;
         };
@@ -337,15 +345,22 @@ pub fn flows(
         {
             continue;
         }
-        let Some(first) = states.first() else {
-            continue;
-        };
         if out.flows.len() >= limit {
             out.truncated = true;
             break;
         }
-        let last = states.iter().map(|s| s.last_seen_ns).max().unwrap_or(0);
-        let id = first.backend_id;
+        let mut vk = VipKey {
+            addr: k.dst,
+            port_be: k.dst_port_be,
+            proto: k.proto,
+            family: k.family,
+        };
+        let exact = published.get(&vk).copied();
+        vk.port_be = 0;
+        let timeout = exact
+            .or_else(|| published.get(&vk).copied())
+            .map_or(0, |m| m.idle_timeout_s);
+        let id = st.backend_id;
         out.flows.push(FlowView {
             src: sock(k.src.to_ip(k.family), u16::from_be(k.src_port_be)),
             dst: sock(dst_ip, dport),
@@ -357,8 +372,10 @@ pub fn flows(
                 .map(|m| m.address.to_string())
                 .unwrap_or_else(|| format!("(removed id {id})")),
             backend_id: id,
-            cpus: (0..states.len()).collect(),
-            idle_ms: c.mono_ns.saturating_sub(last) / 1_000_000,
+            cpus: (0..c.node.cpus).collect(),
+            idle_ms: c.mono_ns.saturating_sub(st.last_seen_ns) / 1_000_000,
+            idle_timeout_secs: timeout,
+            expired: st.expired(c.mono_ns, timeout),
         });
     }
     Ok(out)
@@ -374,10 +391,14 @@ impl Tables for Live<'_> {
     fn vip(&self, key: &VipKey) -> Option<VipMeta> {
         self.c.state.published().vips.get(key).copied()
     }
-    fn tracked(&mut self, key: &FlowKey) -> Option<u32> {
-        let entries = self.c.maps.flow(key).ok()?;
-        self.cpus = entries.iter().map(|(c, _)| *c).collect();
-        entries.first().map(|(_, s)| s.backend_id)
+    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry> {
+        let s = self.c.maps.flow(key).ok()??;
+        // One entry, read by every CPU.
+        self.cpus = (0..self.c.node.cpus).collect();
+        Some(Entry {
+            backend_id: s.backend_id,
+            expired: s.expired(self.c.mono_ns, timeout_s),
+        })
     }
     fn backend(&self, id: u32) -> Option<&Backend> {
         self.c.state.members().get(&id).map(|m| &m.value)
@@ -437,8 +458,9 @@ pub fn explain(
             out.how = Some(
                 match d.pick {
                     Pick::Tracked => "tracked",
-                    Pick::Ring => "ring",
+                    Pick::Ring | Pick::Deferred => "ring",
                     Pick::Failover => "failover",
+                    Pick::Expired => "expired",
                 }
                 .into(),
             );
@@ -467,7 +489,7 @@ pub fn metrics(c: &Ctx) -> MetricsView {
         status: status(c),
         stats: stats(c),
         backends: backend_list(c, None).unwrap_or_default(),
-        conntrack_entries: c.maps.flows().map(|f| f.len() as u64).unwrap_or(0),
+        conntrack_entries: c.occupancy.entries(),
     }
 }
 
@@ -487,6 +509,8 @@ mod tests {
     };
 
     const VIP: &str = "10.100.0.1:80/tcp";
+    /// The daemon's clock in these tests: 100,000 s after boot.
+    const NOW_NS: u64 = 100_000_000_000_000;
 
     fn config(weights: &[u32]) -> Config {
         let mut c = Config::default();
@@ -515,6 +539,7 @@ mod tests {
         store: MemStore,
         sampler: Sampler,
         node: Node,
+        occupancy: Occupancy,
         t0: Instant,
     }
 
@@ -530,7 +555,9 @@ mod tests {
                     pin_dir: "/sys/fs/bpf/xlb".into(),
                     adopted: true,
                     forward_program_id: 42,
+                    cpus: 2,
                 },
+                occupancy: Occupancy::default(),
                 t0,
             };
             w.apply(c, Removal::Drain);
@@ -545,7 +572,7 @@ mod tests {
                 clock: Clock {
                     now: self.t0,
                     unix_ms: 1,
-                    mono_ns: 1_000_000_000_000,
+                    mono_ns: NOW_NS,
                 },
             };
             self.state.apply(&mut env, c, removal, &r).expect("apply");
@@ -557,8 +584,9 @@ mod tests {
                 sampler: &self.sampler,
                 capture: None,
                 node: &self.node,
+                occupancy: &self.occupancy,
                 now,
-                mono_ns: 1_000_000_000_000,
+                mono_ns: NOW_NS,
             }
         }
     }
@@ -639,18 +667,18 @@ mod tests {
         assert_eq!(s.reasons.len(), lb_common::stats::REASON_COUNT as usize);
     }
 
-    fn flow(sport: u16, dport: u16, backend_id: u32, idle_s: u64) -> (FlowKey, Vec<FlowState>) {
+    fn flow(sport: u16, dport: u16, backend_id: u32, idle_s: u64) -> (FlowKey, FlowState) {
         (
             flow_key(
                 format!("192.0.2.1:{sport}").parse().expect("src"),
                 format!("10.100.0.1:{dport}").parse().expect("dst"),
                 Protocol::Tcp,
             ),
-            vec![FlowState {
+            FlowState {
                 backend_id,
                 _pad: 0,
-                last_seen_ns: 1_000_000_000_000 - idle_s * 1_000_000_000,
-            }],
+                last_seen_ns: NOW_NS - idle_s * 1_000_000_000,
+            },
         )
     }
 
@@ -667,6 +695,12 @@ mod tests {
         assert_eq!(f.flows.len(), 2);
         assert_eq!(f.flows[0].backend, "10.1.0.1");
         assert_eq!(f.flows[0].idle_ms, 3000);
+        assert_eq!(f.flows[0].cpus, vec![0, 1], "one entry for every CPU");
+        assert_eq!(
+            f.flows[0].idle_timeout_secs,
+            lb_common::TCP_IDLE_TIMEOUT_DEFAULT
+        );
+        assert!(!f.flows[0].expired);
         assert!(!f.truncated);
         let f = flows(&ctx, None, 1).expect("flows");
         assert_eq!((f.flows.len(), f.truncated), (1, true));
@@ -688,7 +722,15 @@ mod tests {
         let e = explain(&w.ctx(w.t0), src, dst, Protocol::Tcp, false);
         assert_eq!(e.how.as_deref(), Some("tracked"));
         assert_eq!(e.backend_id, Some(3 - ring_id));
-        assert_eq!(e.tracked_on_cpus, vec![0]);
+        assert_eq!(e.tracked_on_cpus, vec![0, 1]);
+        w.maps.flows = vec![flow(1000, 80, 3 - ring_id, 4 * 3600)];
+        let e = explain(&w.ctx(w.t0), src, dst, Protocol::Tcp, false);
+        assert_eq!(
+            e.how.as_deref(),
+            Some("expired"),
+            "idle past the timeout: a new flow"
+        );
+        assert_eq!(e.backend_id, Some(ring_id));
         let other = explain(
             &w.ctx(w.t0),
             src,
@@ -706,6 +748,9 @@ mod tests {
     fn the_metrics_view_counts_tracked_flows() {
         let mut w = World::new(config(&[1, 1]));
         w.maps.flows = vec![flow(1000, 80, 1, 0), flow(1001, 80, 2, 0)];
+        let maps = &w.maps;
+        w.occupancy
+            .observe(w.t0, 2, 1000, || maps.flows.len().try_into().ok());
         let m = metrics(&w.ctx(w.t0));
         assert_eq!(m.conntrack_entries, 2);
         assert_eq!(m.backends.len(), 2);

@@ -64,10 +64,10 @@ impl Maps for Dataplane {
     fn capture_counters(&self) -> Result<CaptureCounters, MapsError> {
         Dataplane::capture_counters(self).map_err(err("reading capture counters"))
     }
-    fn flows(&self) -> Result<Vec<(FlowKey, Vec<FlowState>)>, MapsError> {
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, MapsError> {
         Dataplane::flows(self).map_err(err("reading conntrack"))
     }
-    fn flow(&self, key: &FlowKey) -> Result<Vec<(usize, FlowState)>, MapsError> {
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, MapsError> {
         Dataplane::flow(self, key).map_err(err("reading a conntrack entry"))
     }
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, MapsError> {

@@ -14,10 +14,7 @@ use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 pub use attach::{AttachMode, Attached};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, ArrayOfMaps, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap,
-        RingBuf,
-    },
+    maps::{Array, ArrayOfMaps, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 pub use error::{AdoptError, DataplaneError};
@@ -97,6 +94,8 @@ impl Accumulate for VipStats {
         self.conntrack_hits += o.conntrack_hits;
         self.conntrack_misses += o.conntrack_misses;
         self.failovers += o.failovers;
+        self.expired += o.expired;
+        self.deferred += o.deferred;
     }
 }
 
@@ -176,7 +175,7 @@ impl Dataplane {
     /// Capacity of the live conntrack map (an adopted map keeps the size it was created with).
     pub fn conntrack_capacity(&self) -> Result<u32, DataplaneError> {
         match self.map(names::CONNTRACK)? {
-            aya::maps::Map::PerCpuLruHashMap(m) => Ok(m.info()?.max_entries()),
+            aya::maps::Map::LruHashMap(m) => Ok(m.info()?.max_entries()),
             _ => Err(DataplaneError::MissingMap(names::CONNTRACK)),
         }
     }
@@ -290,20 +289,22 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// The conntrack entry of one flow on every CPU that tracks it.
-    pub fn flow(&self, key: &FlowKey) -> Result<Vec<(usize, FlowState)>, DataplaneError> {
-        let m: PerCpuHashMap<_, FlowKey, FlowState> =
-            PerCpuHashMap::try_from(self.map(names::CONNTRACK)?)?;
+    /// The conntrack entry of one flow (shared by every CPU).
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, DataplaneError> {
+        let m: BpfHashMap<_, FlowKey, FlowState> =
+            BpfHashMap::try_from(self.map(names::CONNTRACK)?)?;
         match m.get(key, 0) {
-            Ok(vals) => Ok(vals
-                .iter()
-                .copied()
-                .enumerate()
-                .filter(|(_, v)| v.backend_id != 0)
-                .collect()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(Vec::new()),
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Write one conntrack entry (replay, tests).
+    pub fn set_flow(&mut self, key: &FlowKey, state: &FlowState) -> Result<(), DataplaneError> {
+        let mut m: BpfHashMap<_, FlowKey, FlowState> =
+            BpfHashMap::try_from(self.map_mut(names::CONNTRACK)?)?;
+        Ok(m.insert(key, state, 0)?)
     }
 
     pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
@@ -415,28 +416,24 @@ impl Dataplane {
         self.sum(names::DECAP_STATS, index)
     }
 
-    /// Tracked flows: for each key, the backend of every CPU that tracks it.
-    pub fn flows(&self) -> Result<Vec<(FlowKey, Vec<FlowState>)>, DataplaneError> {
-        let m: PerCpuHashMap<_, FlowKey, FlowState> =
-            PerCpuHashMap::try_from(self.map(names::CONNTRACK)?)?;
-        let mut out = Vec::new();
-        for entry in m.iter() {
-            let (k, vals) = entry?;
-            out.push((
-                k,
-                vals.iter().copied().filter(|v| v.backend_id != 0).collect(),
-            ));
-        }
-        Ok(out)
+    /// Every tracked flow, in batches.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
+        let aya::maps::Map::LruHashMap(data) = self.map(names::CONNTRACK)? else {
+            return Err(DataplaneError::MissingMap(names::CONNTRACK));
+        };
+        ring_map::dump(data, 4096)
     }
 
     /// Remove every conntrack entry (tests; `xlb flows flush`).
     pub fn flush_conntrack(&mut self) -> Result<(), DataplaneError> {
-        let mut m: PerCpuHashMap<_, FlowKey, FlowState> =
-            PerCpuHashMap::try_from(self.map_mut(names::CONNTRACK)?)?;
-        let keys: Vec<FlowKey> = m.keys().collect::<Result<_, _>>()?;
+        let keys: Vec<FlowKey> = self.flows()?.into_iter().map(|(k, _)| k).collect();
+        let mut m: BpfHashMap<_, FlowKey, FlowState> =
+            BpfHashMap::try_from(self.map_mut(names::CONNTRACK)?)?;
         for k in keys {
-            m.remove(&k)?;
+            match m.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }

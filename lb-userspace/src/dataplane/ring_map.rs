@@ -1,5 +1,6 @@
-//! Whole-ring reads and writes with `BPF_MAP_{UPDATE,LOOKUP}_BATCH`: one syscall per ring
-//! instead of one per slot (65537 single updates took ~70 ms; a batch takes a few).
+//! Whole-map reads and writes with `BPF_MAP_{UPDATE,LOOKUP}_BATCH`: one syscall per ring
+//! instead of one per slot (65537 single updates took ~70 ms; a batch takes a few), and
+//! conntrack dumps in batches of thousands of entries instead of two syscalls per entry.
 //! aya 0.14 has no batch API, hence the raw syscall.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -95,4 +96,47 @@ pub fn read(map: &MapData, len: usize) -> Result<Vec<u32>, DataplaneError> {
         }
     }
     Ok(out)
+}
+
+/// Every (key, value) of a hash map, `chunk` entries per syscall. Entries inserted or removed
+/// meanwhile may or may not be seen (a snapshot per batch, as any dump of a live map).
+pub fn dump<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &MapData,
+    chunk: usize,
+) -> Result<Vec<(K, V)>, DataplaneError> {
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let mut out = Vec::new();
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
+    // The batch token: opaque to userspace; a key's size is always enough.
+    let mut token_in = [0u64; 8];
+    let mut token_out = [0u64; 8];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                token_in.as_mut_ptr() as u64
+            },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd,
+            ..BatchAttr::default()
+        };
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(err("batch lookup", e)),
+        };
+        let n = (attr.count as usize).min(chunk);
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        if done {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
+    }
 }

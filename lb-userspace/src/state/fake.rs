@@ -75,7 +75,7 @@ pub struct FakeMaps {
     pub clock: u64,
     pub capture: Option<CaptureConfig>,
     /// Conntrack entries, as the forwarder would have written them.
-    pub flows: Vec<(FlowKey, Vec<FlowState>)>,
+    pub flows: Vec<(FlowKey, FlowState)>,
     pub vip_stats: HashMap<u32, VipStats>,
     pub backend_stats: HashMap<u32, BackendStats>,
     pub writes: usize,
@@ -158,16 +158,11 @@ impl Maps for FakeMaps {
     fn capture_counters(&self) -> Result<CaptureCounters, MapsError> {
         Ok(CaptureCounters::default())
     }
-    fn flows(&self) -> Result<Vec<(FlowKey, Vec<FlowState>)>, MapsError> {
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, MapsError> {
         Ok(self.flows.clone())
     }
-    fn flow(&self, key: &FlowKey) -> Result<Vec<(usize, FlowState)>, MapsError> {
-        Ok(self
-            .flows
-            .iter()
-            .filter(|(k, _)| k == key)
-            .flat_map(|(_, v)| v.iter().copied().enumerate())
-            .collect())
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, MapsError> {
+        Ok(self.flows.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
     }
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, MapsError> {
         Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())

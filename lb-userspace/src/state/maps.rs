@@ -52,10 +52,10 @@ pub trait Maps {
     /// The capture filter (written before the flag that enables it).
     fn set_capture(&mut self, c: &CaptureConfig) -> Result<(), MapsError>;
     fn capture_counters(&self) -> Result<CaptureCounters, MapsError>;
-    /// Tracked flows: for each key, the entry of every CPU that tracks it.
-    fn flows(&self) -> Result<Vec<(FlowKey, Vec<FlowState>)>, MapsError>;
-    /// One flow's entries, with the CPU of each.
-    fn flow(&self, key: &FlowKey) -> Result<Vec<(usize, FlowState)>, MapsError>;
+    /// Every tracked flow (one entry per flow, shared by every CPU).
+    fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, MapsError>;
+    /// One flow's entry.
+    fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, MapsError>;
     /// What the maps hold, whoever wrote it (orphan sweeps).
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, MapsError>;
     fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError>;

@@ -536,11 +536,9 @@ impl State {
     pub fn active_backends(&self, env: &Env, idle: Duration) -> Result<BTreeSet<u32>, MapsError> {
         let horizon = idle.as_nanos() as u64;
         let mut out = BTreeSet::new();
-        for (_, states) in env.maps.flows()? {
-            for s in states {
-                if env.clock.mono_ns.saturating_sub(s.last_seen_ns) <= horizon {
-                    out.insert(s.backend_id);
-                }
+        for (_, s) in env.maps.flows()? {
+            if env.clock.mono_ns.saturating_sub(s.last_seen_ns) <= horizon {
+                out.insert(s.backend_id);
             }
         }
         Ok(out)

@@ -136,6 +136,9 @@ pub fn lb_config(cfg: &Config, nr_cpus: u16) -> LbConfig {
         gue_port_be: f.gue_port.to_be(),
         flags,
         nr_cpus,
+        // The limit is counted per CPU: each takes its share, rounded up.
+        new_flow_limit: cfg.new_flow_limit().div_ceil(nr_cpus.max(1) as u32),
+        _pad: 0,
     }
 }
 
@@ -297,6 +300,7 @@ pub fn plan(new: &Config, alloc: Allocation, inp: &Inputs) -> Result<Plan, PlanE
                 hash_mode: v.hash.code(),
                 fwd_mode: v.forwarding.code(),
                 flags: if v.conntrack { 0 } else { VIP_F_NO_CONNTRACK },
+                idle_timeout_s: new.idle_timeout(v),
             },
         );
     }

@@ -161,11 +161,11 @@ impl Rig {
         };
         self.maps.flows.push((
             key,
-            vec![FlowState {
+            FlowState {
                 backend_id: id,
                 _pad: 0,
                 last_seen_ns: self.mono_ns - ago.as_nanos() as u64,
-            }],
+            },
         ));
     }
 }
