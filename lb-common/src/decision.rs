@@ -15,6 +15,9 @@ pub const PKT_NORMAL: u8 = 0;
 pub const PKT_FRAGMENT: u8 = 1;
 /// An ICMP/ICMPv6 error about a VIP flow; `key` is the inner flow flipped to client -> VIP.
 pub const PKT_ICMP_ERROR: u8 = 2;
+/// A TCP reset: it follows its flow's entry or the ring but never creates or rewrites one (a
+/// reset ends a flow; backscatter of a spoofed flood must not fill the table).
+pub const PKT_RESET: u8 = 3;
 
 /// The parsed summary of one packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -158,7 +161,7 @@ pub fn decide<T: Tables>(
     if t.backend(id).is_none() {
         return Err(Reason::DropBadBackend);
     }
-    // ICMP errors only follow their flow; they never create or move state.
+    // ICMP errors and resets only follow their flow; they never create or move state.
     if stateful && pkt.kind == PKT_NORMAL {
         // Above the new-flow limit a flow start (a SYN, a UDP flow's first datagram) is not
         // tracked, so a spoofed SYN flood cannot evict established flows; TCP is tracked from
@@ -418,6 +421,22 @@ mod tests {
         let mut p = pkt(key(9, 80, 1, PROTO_TCP), false);
         p.kind = PKT_ICMP_ERROR;
         assert_eq!(m.route(&p), Err(Reason::PassIcmp));
+    }
+
+    #[test]
+    fn a_reset_follows_its_flow_but_never_creates_an_entry() {
+        let mut m = model();
+        let k = key(1, 80, 40008, PROTO_TCP);
+        let mut p = pkt(k, false);
+        p.kind = PKT_RESET;
+        let d = m.route(&p).expect("forwarded");
+        assert_eq!(d.backend_id, 1 + slot_of(&k) % 2);
+        assert!(m.conntrack.is_empty(), "a reset never creates state");
+        m.track(&k, 3 - d.backend_id);
+        assert_eq!(
+            m.route(&p).map(|d| d.backend_id),
+            Ok(3 - (1 + slot_of(&k) % 2))
+        );
     }
 
     #[test]

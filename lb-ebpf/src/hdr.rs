@@ -74,4 +74,5 @@ pub const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
 pub const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
 
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;

@@ -6,7 +6,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, Packet},
+    decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, PKT_RESET, Packet},
     stats::Reason,
 };
 
@@ -66,19 +66,19 @@ fn ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), Verdict> {
 #[inline(always)]
 fn transport(ctx: &XdpContext, off: usize, mut key: FlowKey) -> Result<Packet, Verdict> {
     let mut syn = false;
+    let mut kind = PKT_NORMAL;
     if key.proto == PROTO_TCP {
         let tcp: TcpHead = read(ctx, off)?;
         (key.src_port_be, key.dst_port_be) = (tcp.sport_be, tcp.dport_be);
         syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if tcp.flags & TCP_RST != 0 {
+            kind = PKT_RESET;
+        }
     } else {
         let udp: UdpHdr = read(ctx, off)?;
         (key.src_port_be, key.dst_port_be) = (udp.sport_be, udp.dport_be);
     }
-    Ok(Packet {
-        key,
-        kind: PKT_NORMAL,
-        syn,
-    })
+    Ok(Packet { key, kind, syn })
 }
 
 #[inline(always)]

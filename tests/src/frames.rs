@@ -16,6 +16,8 @@ pub struct Spec {
     /// 6 (TCP) or 17 (UDP).
     pub proto: u8,
     pub syn: bool,
+    /// TCP RST (with ACK).
+    pub rst: bool,
     pub payload: usize,
     /// 0, 1 or 2 VLAN tags.
     pub vlans: u8,
@@ -33,6 +35,7 @@ impl Spec {
             dport,
             proto,
             syn: false,
+            rst: false,
             payload: 16,
             vlans: 0,
             ipv4_options: Vec::new(),
@@ -42,6 +45,14 @@ impl Spec {
     pub fn syn(mut self) -> Spec {
         self.syn = true;
         self
+    }
+    /// The same flow's reset.
+    pub fn rst(&self) -> Spec {
+        Spec {
+            syn: false,
+            rst: true,
+            ..self.clone()
+        }
     }
     /// The same flow's next packet (no SYN).
     pub fn ack(&self) -> Spec {
@@ -106,6 +117,9 @@ impl Spec {
                         t = t.syn();
                     } else {
                         t = t.ack(1);
+                    }
+                    if self.rst {
+                        t = t.rst();
                     }
                     t.write(&mut out, &payload).expect("write tcp frame");
                 } else {

@@ -3,7 +3,7 @@
 use lb_common::{
     FAMILY_V4, FAMILY_V6, FWD_GUE, FWD_IPIP, FWD_L2, FlowKey, HASH_FIVE_TUPLE, HASH_SRC_IP,
     RING_SIZE_DEFAULT,
-    decision::{PKT_NORMAL, Packet},
+    decision::{PKT_NORMAL, PKT_RESET, Packet},
 };
 
 use crate::{fixture::Fixture, frames::Spec};
@@ -158,7 +158,11 @@ pub fn key_of(s: &Spec) -> FlowKey {
 pub fn packet_of(s: &Spec) -> Packet {
     Packet {
         key: key_of(s),
-        kind: PKT_NORMAL,
+        kind: if s.rst && s.proto == 6 {
+            PKT_RESET
+        } else {
+            PKT_NORMAL
+        },
         syn: s.syn && s.proto == 6,
     }
 }

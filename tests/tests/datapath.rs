@@ -866,6 +866,11 @@ fn above_the_new_flow_limit_syns_are_forwarded_untracked() {
             .map(|s| s.backend_id),
         Some(b)
     );
+    // A reset of an untracked flow (backscatter of a spoofed flood) follows the ring and
+    // writes nothing, limit or not.
+    let rst = Spec::new("192.0.2.91", 51500, "10.0.0.10", 80, 6).rst();
+    forward(&mut f, &rst);
+    assert!(f.dp.flow(&key_of(&rst)).expect("flow").is_none());
     // The next window admits again.
     f.set_clock(5_000_000_000_000 + (1 << 30));
     let fresh = Spec::new("192.0.2.90", 52000, "10.0.0.10", 80, 6).syn();

@@ -221,7 +221,9 @@ fn conntrack_pressure_evicts_but_established_flows_keep_their_backend() {
             &a.iter().map(|x| (x.clone(), 1)).collect::<Vec<_>>(),
             "",
         )
-        .replace("conntrack_entries = 65536", "conntrack_entries = 2048"),
+        .replace("conntrack_entries = 65536", "conntrack_entries = 2048")
+        // Every SYN inserts: this scenario is about LRU pressure, not the new-flow limit.
+        .replace("[forwarding]\n", "[forwarding]\nnew_flow_limit = 0\n"),
     );
     let tcp = LongLived::start(&lab.net.client, 16, TCP, false, Duration::from_millis(20));
     std::thread::sleep(Duration::from_millis(300));

@@ -112,6 +112,12 @@ async fn read(client: &Client, s: &CaptureStarted, o: &Options) -> Result<Report
                     if r.hdr.session != s.session {
                         continue; // left over from an earlier capture
                     }
+                    // A packet that straddled the capture's start has no copy as received
+                    // and is recorded as sent: a capture of received frames leaves it out.
+                    let as_sent = r.hdr.flags & lb_common::capture::CAPTURE_F_OUTPUT != 0;
+                    if as_sent != o.filter.output {
+                        continue;
+                    }
                     let sum = Summary::of(&r.hdr, &names, &clock);
                     let Some(bytes) = sink.put(&r, &sum, &clock, report.bytes, o.max_bytes)? else {
                         report.ended_by = "bytes";
