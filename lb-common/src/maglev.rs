@@ -9,7 +9,8 @@
 //! `claimed * max_weight < r * w`, so slot counts track weights as exact ratios. Weight 0 claims
 //! nothing (drain).
 
-use alloc::vec::Vec;
+use alloc::{collections::BinaryHeap, vec::Vec};
+use core::cmp::Reverse;
 
 use crate::{hash::jhash2, types::Addr};
 
@@ -144,32 +145,35 @@ pub fn build(
         })
         .collect();
     let max_weight = cursors.iter().map(|c| c.weight).max().unwrap_or(1);
+    // Round by round, in sorted order, every backend that may claim (`claimed * max_weight <
+    // round * weight`) claims one slot. Visiting only those (a heap keyed by the next round each
+    // may claim in, then its position) gives the same table without a pass over every backend in
+    // every round: the work no longer grows with the ratio of the largest weight to the others.
+    let mut due: BinaryHeap<Reverse<(u64, usize)>> =
+        (0..cursors.len()).map(|i| Reverse((1, i))).collect();
     let mut filled = 0usize;
-    let mut round = 0u64;
-    // `filled` grows by at least one per round (the heaviest backend always claims), so this ends.
     while filled < m {
-        round += 1;
-        for c in cursors.iter_mut() {
-            if c.claimed * max_weight >= round * c.weight {
-                continue;
+        // The heaviest backend is always due in the next round, so the heap never empties.
+        let Some(Reverse((round, i))) = due.pop() else {
+            break;
+        };
+        let c = &mut cursors[i];
+        loop {
+            let slot = c.next as usize;
+            c.next += c.skip;
+            if c.next >= ring_size {
+                c.next -= ring_size;
             }
-            loop {
-                let slot = c.next as usize;
-                c.next += c.skip;
-                if c.next >= ring_size {
-                    c.next -= ring_size;
-                }
-                if table[slot] == EMPTY {
-                    table[slot] = c.id;
-                    c.claimed += 1;
-                    filled += 1;
-                    break;
-                }
-            }
-            if filled == m {
+            if table[slot] == EMPTY {
+                table[slot] = c.id;
+                c.claimed += 1;
+                filled += 1;
                 break;
             }
         }
+        // One slot per round at most; then the first round its weight entitles it to another.
+        let next = (round + 1).max(c.claimed * max_weight / c.weight + 1);
+        due.push(Reverse((next, i)));
     }
     Ok(table)
 }

@@ -62,9 +62,29 @@ fn ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), Verdict> {
     Ok((p[0], p[1]))
 }
 
-/// Ports (and for TCP the SYN flag) of the TCP or UDP header at `off`; `key.proto` says which.
+/// `v`, hidden from LLVM: knowing that a header ends within the datagram, and the datagram
+/// within the frame, it would drop the packet reads' own bounds checks, which the verifier
+/// (6.18) needs to see.
 #[inline(always)]
-fn transport(ctx: &XdpContext, off: usize, mut key: FlowKey) -> Result<Packet, Verdict> {
+fn opaque(v: usize) -> usize {
+    // SAFETY: a volatile read of a local.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
+/// Ports (and for TCP the SYN flag) of the TCP or UDP header at `off`; `key.proto` says which.
+/// The header must lie within the datagram (`end`, from its IP header), not merely within the
+/// frame: bytes past the datagram are padding or garbage, never a flow.
+#[inline(always)]
+fn transport(
+    ctx: &XdpContext,
+    off: usize,
+    end: usize,
+    mut key: FlowKey,
+) -> Result<Packet, Verdict> {
+    let len = if key.proto == PROTO_TCP { 20 } else { 8 };
+    if off + len > opaque(end) {
+        return Err(Verdict::drop(Reason::DropMalformed));
+    }
     let mut syn = false;
     let mut kind = PKT_NORMAL;
     if key.proto == PROTO_TCP {
@@ -121,9 +141,13 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
         return Ok(out);
     }
     let l4 = l3_off + ihl;
+    let end = l3_off + tot_len;
     match ip.proto {
-        PROTO_TCP | PROTO_UDP => out.pkt = transport(ctx, l4, key)?,
+        PROTO_TCP | PROTO_UDP => out.pkt = transport(ctx, l4, end, key)?,
         PROTO_ICMP => {
+            if l4 + size_of::<IcmpHdr>() > opaque(end) {
+                return Err(Verdict::drop(Reason::DropMalformed));
+            }
             let icmp: IcmpHdr = read(ctx, l4)?;
             // Destination unreachable (incl. fragmentation needed) and time exceeded quote the
             // offending packet: route them to the backend that owns that flow.
@@ -221,9 +245,13 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
         };
         return Ok(out);
     }
+    let end = l3_off + l3_len;
     match next {
-        PROTO_TCP | PROTO_UDP => out.pkt = transport(ctx, off, key)?,
+        PROTO_TCP | PROTO_UDP => out.pkt = transport(ctx, off, end, key)?,
         PROTO_ICMPV6 => {
+            if off + size_of::<IcmpHdr>() > opaque(end) {
+                return Err(Verdict::drop(Reason::DropMalformed));
+            }
             let icmp: IcmpHdr = read(ctx, off)?;
             // Destination unreachable, packet too big, time exceeded.
             if icmp.kind == 0 || icmp.kind > 3 {

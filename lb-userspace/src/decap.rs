@@ -18,11 +18,24 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xlb-decap";
 /// Decap loads carry the forwarder's maps too; keep its conntrack tiny.
 const DECAP_CONNTRACK: u32 = 64;
 
+/// The pin directory of one interface: keyed by the network namespace too, since backends in
+/// containers or namespaces all call their interface eth0 (bpffs is shared by all of them).
+/// Pins of earlier builds (keyed by the name alone) are still found.
 fn dir_of(pin_dir: &Path, iface: &str) -> PathBuf {
-    pin_dir.join(iface)
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    // bpffs refuses dots in names (VLAN interfaces are called eth0.100).
+    let keyed = pin_dir.join(format!("net{ns}-{}", iface.replace('.', "_")));
+    let legacy = pin_dir.join(iface);
+    if !keyed.exists() && legacy.exists() {
+        legacy
+    } else {
+        keyed
+    }
 }
 
 fn load(pin_dir: &Path, iface: &str) -> Result<Dataplane> {
+    pin::require_bpffs(pin_dir)?;
     Ok(Dataplane::load(&LoadOptions {
         conntrack_entries: DECAP_CONNTRACK,
         pin_dir: Some(dir_of(pin_dir, iface)),

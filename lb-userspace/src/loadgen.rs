@@ -166,7 +166,8 @@ const PACKET_BATCH: usize = 64;
 /// One generator thread's transmit path.
 enum Sender {
     Live {
-        dp: Dataplane,
+        // Boxed: a loaded data plane is far larger than the AF_PACKET variant.
+        dp: Box<Dataplane>,
         md: [u8; 24],
     },
     Packet {
@@ -197,7 +198,7 @@ impl Sender {
         let mut a: Array<_, LoadgenConfig> = Array::try_from(map)?;
         a.set(0, cfg, 0)?;
         Ok(Sender::Live {
-            dp,
+            dp: Box::new(dp),
             md: xdp_md(frame.len(), o.ifindex),
         })
     }

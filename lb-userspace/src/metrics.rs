@@ -22,6 +22,10 @@ pub struct ApiCounters {
     pub errors: AtomicU64,
     /// Connections refused for their peer's credentials.
     pub refused: AtomicU64,
+    /// Admin (metrics) connections closed because the limit was reached.
+    pub admin_refused: AtomicU64,
+    /// Control connections closed because the limit was reached.
+    pub control_refused: AtomicU64,
 }
 
 fn counter(r: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
@@ -145,9 +149,29 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
             api.errors.load(Ordering::Relaxed),
         ),
         (
+            "interfaces_lost",
+            "Times an attached interface was deleted or re-created under the forwarder.",
+            st.interfaces_lost,
+        ),
+        (
+            "nexthop_losses",
+            "Times a backend's next hop stopped resolving and took it out of its ring.",
+            st.nexthop_losses,
+        ),
+        (
             "conntrack_evictions",
             "Conntrack entries pushed out by inserts into a full table (estimated).",
             st.conntrack_evictions,
+        ),
+        (
+            "admin_connections_refused",
+            "Admin endpoint connections closed at once: the connection limit was reached.",
+            api.admin_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "api_connections_refused",
+            "Control socket connections closed at once: the connection limit was reached.",
+            api.control_refused.load(Ordering::Relaxed),
         ),
         (
             "api_refused",
@@ -170,6 +194,13 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     let occ = Gauge::<i64>::default();
     occ.set(m.conntrack_entries as i64);
     r.register("conntrack_entries", "Tracked flows.", occ);
+    let unresolved = Gauge::<i64>::default();
+    unresolved.set(st.backends_unresolved as i64);
+    r.register(
+        "backends_unresolved",
+        "Backends out of their rings because their next hop does not resolve.",
+        unresolved,
+    );
 
     for s in &m.stats.vips {
         let lv = l(&[("vip", &s.vip)]);

@@ -260,6 +260,18 @@ fn malformed_frames_are_counted_drops_at_every_truncation() {
         ("total length below the header", mutate(17, 10)),
         ("total length beyond the frame", mutate(16, 0x05)),
         ("IHL beyond the frame", mutate(14, 0x4f)),
+        // The frame holds a whole TCP header, but the datagram ends 10 bytes into it: the
+        // rest is padding or garbage, never a flow (tot_len 30 = 20 of IP + 10).
+        ("TCP header beyond the total length", {
+            let mut m = mutate(17, 30);
+            m[16] = 0;
+            m
+        }),
+        ("UDP header beyond the total length", {
+            let mut m = Spec::new("192.0.2.1", 40000, "10.0.0.10", 53, 17).build();
+            m[16..18].copy_from_slice(&24u16.to_be_bytes());
+            m
+        }),
     ];
     for (name, frame) in bad {
         let out = run_counted(&mut f, &frame, Reason::DropMalformed);
@@ -272,6 +284,13 @@ fn malformed_frames_are_counted_drops_at_every_truncation() {
         run_counted(&mut f, &long, Reason::DropMalformed).action,
         XDP_DROP,
         "v6 payload length"
+    );
+    let mut short = v6.clone();
+    short[18..20].copy_from_slice(&12u16.to_be_bytes());
+    assert_eq!(
+        run_counted(&mut f, &short, Reason::DropMalformed).action,
+        XDP_DROP,
+        "v6 payload shorter than the TCP header"
     );
 }
 

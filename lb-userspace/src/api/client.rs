@@ -38,6 +38,8 @@ pub enum ClientError {
     /// The daemon refused the request; its message.
     #[error("{0}")]
     Daemon(String),
+    #[error("the daemon closed the connection without answering (did it stop? see its log)")]
+    Closed,
 }
 
 /// A connection target: the daemon's control socket.
@@ -75,6 +77,7 @@ impl Client {
         let received = s.read_to_end(&mut out);
         let r: Response = match (sent, received, serde_json::from_slice(&out)) {
             (_, _, Ok(r)) => r,
+            (_, Ok(_), Err(_)) if out.is_empty() => return Err(ClientError::Closed),
             (Err(e), _, _) => return Err(ClientError::Send(e)),
             (Ok(()), Err(e), _) => return Err(ClientError::Receive(e)),
             (Ok(()), Ok(_), Err(e)) => return Err(ClientError::Unreadable(e)),

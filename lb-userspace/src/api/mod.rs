@@ -63,6 +63,9 @@ pub enum Request {
     Apply {
         config: String,
         now: bool,
+        /// Allow an apply that removes every VIP or detaches the forwarder from an interface.
+        #[serde(default)]
+        force: bool,
     },
     Export,
     Stats,

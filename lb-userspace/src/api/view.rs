@@ -20,6 +20,10 @@ pub struct ApplyReport {
     pub rings_swapped: usize,
     pub map_writes: usize,
     pub elapsed_us: u64,
+    /// What the operator should know: backends whose next hop does not resolve (out of the
+    /// rings), VIPs left without a backend that takes new flows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `config export`.
@@ -114,6 +118,12 @@ pub struct StatusView {
     /// Out of the rings because their health check failed.
     pub backends_down: usize,
     pub health_transitions: u64,
+    /// Times an attached interface was deleted or re-created under the forwarder.
+    #[serde(default)]
+    pub interfaces_lost: u64,
+    /// Times a backend's next hop stopped resolving and took it out of its ring.
+    #[serde(default)]
+    pub nexthop_losses: u64,
     /// VIPs running below their quorum of healthy backends.
     pub below_quorum: Vec<String>,
     pub quorum_losses: u64,
@@ -133,11 +143,47 @@ pub struct StatusView {
     pub capture: Option<String>,
 }
 
+#[cfg(test)]
+impl StatusView {
+    /// A daemon with one VIP and nothing else, for tests of what is shown.
+    pub fn sample() -> StatusView {
+        StatusView {
+            version: "0".into(),
+            uptime_secs: 1,
+            pin_dir: "/sys/fs/bpf/xlb".into(),
+            adopted: false,
+            forward_program_id: 1,
+            interfaces: vec![],
+            vips: 1,
+            backends: 0,
+            backends_up: 0,
+            backends_drained: 0,
+            backends_removing: 0,
+            backends_unresolved: 0,
+            backends_down: 0,
+            health_transitions: 0,
+            interfaces_lost: 0,
+            nexthop_losses: 0,
+            below_quorum: vec![],
+            quorum_losses: 0,
+            conntrack_capacity: 0,
+            conntrack_entries: 0,
+            conntrack_evictions: 0,
+            applies: 0,
+            ring_rebuilds: 0,
+            capture: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IfaceView {
     pub name: String,
     pub requested: String,
     pub mode: String,
+    /// The interface's index; 0: it is gone (the forwarder is attached again when it returns).
+    #[serde(default)]
+    pub ifindex: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -40,7 +40,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 }
 
 pub fn check() -> Result<()> {
-    let mut dp = Dataplane::load(&LoadOptions::default())?;
+    let mut dp = Dataplane::load(&LoadOptions::default()).map_err(|e| {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            anyhow::anyhow!(
+                "xlb check loads the XDP programs into the kernel, which needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {e}"
+            )
+        } else {
+            e.into()
+        }
+    })?;
     for &name in lb_common::prog_names::ALL {
         let info = dp.program(name)?.info()?;
         println!(

@@ -20,17 +20,16 @@ use clap::{Parser, Subcommand};
 pub use self::output::{Output, OutputArg};
 use crate::{api::Client, config::VipRef};
 
+/// Where the CLI finds the daemon without `--socket` (the daemon's default `[daemon] socket`).
+pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
+
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "XDP Maglev L4 load balancer")]
 pub struct Cli {
-    /// Control socket of the daemon.
-    #[arg(
-        long,
-        global = true,
-        env = "XLB_SOCKET",
-        default_value = "/run/xlb/xlb.sock"
-    )]
-    socket: PathBuf,
+    /// Control socket of the daemon (default /run/xlb/xlb.sock; for `xlb daemon`, overrides
+    /// `[daemon] socket`).
+    #[arg(long, global = true, env = "XLB_SOCKET")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,6 +55,9 @@ enum Command {
         /// Remove vanished backends at once instead of draining them.
         #[arg(long)]
         now: bool,
+        /// Apply even if it removes every VIP or detaches the forwarder from an interface.
+        #[arg(long)]
+        force: bool,
     },
     /// Export or check configuration.
     #[command(subcommand)]
@@ -120,13 +122,17 @@ enum Command {
 
 /// Run one command line.
 pub fn run(cli: Cli) -> Result<()> {
-    let client = Client::new(&cli.socket);
+    let client = Client::new(
+        cli.socket
+            .as_deref()
+            .unwrap_or(std::path::Path::new(DEFAULT_SOCKET)),
+    );
     match cli.command {
-        Command::Daemon(a) => daemon::daemon(a),
+        Command::Daemon(a) => daemon::daemon(a, cli.socket),
         Command::Detach(a) => daemon::detach(a),
         Command::Vip(c) => vip::run(&client, c),
         Command::Backend(c) => backend::run(&client, c),
-        Command::Apply { file, now } => config::apply(&client, &file, now),
+        Command::Apply { file, now, force } => config::apply(&client, &file, now, force),
         Command::Config(c) => config::run(&client, c),
         Command::Status { o } => show::status(&client, o),
         Command::Stats { o, watch } => show::stats(&client, o, watch),

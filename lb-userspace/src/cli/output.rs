@@ -82,4 +82,7 @@ pub fn report(r: &ApplyReport) {
         r.rings_swapped,
         r.elapsed_us
     );
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
 }

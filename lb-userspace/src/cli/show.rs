@@ -6,7 +6,7 @@ use anyhow::{Result, anyhow};
 
 use super::output::{OutputArg, human, print_json, table};
 use crate::{
-    api::{Client, StatsView},
+    api::{Client, StatsView, StatusView},
     config::{Protocol, VipRef},
 };
 
@@ -15,26 +15,50 @@ pub fn status(client: &Client, o: OutputArg) -> Result<()> {
     if o.json() {
         return print_json(&s);
     }
-    println!(
-        "xlb {} up {}s, pins {}{}",
-        s.version,
-        s.uptime_secs,
-        s.pin_dir,
-        if s.adopted { " (adopted)" } else { "" }
-    );
-    println!("forwarder program id {}", s.forward_program_id);
+    print!("{}", render_status(&s));
+    Ok(())
+}
+
+fn render_status(s: &StatusView) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut line = |l: String| {
+        out.push_str(&l);
+        out.push('\n');
+    };
+    line(format!(
+        "xlb {} up {}s, pins {}",
+        s.version, s.uptime_secs, s.pin_dir
+    ));
+    line(format!(
+        "data plane: {}; forwarder program id {}",
+        if s.adopted {
+            "maps adopted from the previous daemon (hitless restart)"
+        } else {
+            "maps created by this daemon"
+        },
+        s.forward_program_id
+    ));
     for i in &s.interfaces {
-        let note = if i.mode != i.requested {
+        let note = if i.ifindex == 0 {
+            " (INTERFACE GONE: attached again when it returns)"
+        } else if i.mode != i.requested {
             " (FALLBACK from native)"
         } else {
             ""
         };
-        println!("  interface {}: {} XDP{note}", i.name, i.mode);
+        line(format!("  interface {}: {} XDP{note}", i.name, i.mode));
+    }
+    if s.interfaces_lost > 0 {
+        line(format!(
+            "  interfaces deleted or re-created under the forwarder: {}",
+            s.interfaces_lost
+        ));
     }
     if s.interfaces.is_empty() {
-        println!("  no interfaces attached");
+        line("  no interfaces attached".into());
     }
-    println!(
+    let mut backends = format!(
         "VIPs {}, backends {} (up {}, health down {}, drained {}, removing {}, next hop unresolved {}); {} health transitions",
         s.vips,
         s.backends,
@@ -45,21 +69,25 @@ pub fn status(client: &Client, o: OutputArg) -> Result<()> {
         s.backends_unresolved,
         s.health_transitions
     );
+    if s.nexthop_losses > 0 {
+        let _ = write!(backends, ", {} next hops lost", s.nexthop_losses);
+    }
+    line(backends);
     if !s.below_quorum.is_empty() {
-        println!("below quorum: {}", s.below_quorum.join(", "));
+        line(format!("below quorum: {}", s.below_quorum.join(", ")));
     }
     if let Some(c) = &s.capture {
-        println!("capture running: {c}");
+        line(format!("capture running: {c}"));
     }
-    println!(
+    line(format!(
         "conntrack {} of {} flows (one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
         s.conntrack_entries,
         s.conntrack_capacity,
         s.conntrack_evictions,
         s.applies,
         s.ring_rebuilds
-    );
-    Ok(())
+    ));
+    out
 }
 
 fn render_stats(s: &StatsView) -> String {
@@ -207,6 +235,11 @@ pub fn explain(client: &Client, src: SocketAddr, dst: &str, syn: bool, o: Output
     let dst: SocketAddr = sock
         .parse()
         .map_err(|_| anyhow!("{sock:?} is not ADDRESS:PORT"))?;
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(anyhow!(
+            "{src} and {dst} are of different address families: give a client address of the VIP's family"
+        ));
+    }
     let e = client.explain(src, dst, protocol, syn)?;
     if o.json() {
         return print_json(&e);
@@ -247,4 +280,56 @@ pub fn explain(client: &Client, src: SocketAddr, dst: &str, syn: bool, o: Output
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::IfaceView;
+
+    fn view() -> StatusView {
+        let iface = |name: &str, ifindex| IfaceView {
+            name: name.into(),
+            requested: "native".into(),
+            mode: "native".into(),
+            ifindex,
+        };
+        StatusView {
+            adopted: true,
+            forward_program_id: 77,
+            interfaces: vec![iface("eth0", 2), iface("eth1", 0)],
+            backends: 3,
+            backends_up: 2,
+            backends_unresolved: 1,
+            interfaces_lost: 1,
+            nexthop_losses: 1,
+            conntrack_capacity: 1000,
+            conntrack_entries: 5,
+            ..StatusView::sample()
+        }
+    }
+
+    #[test]
+    fn the_status_table_says_how_the_data_plane_came_to_be_and_what_is_missing() {
+        let text = render_status(&view());
+        assert!(
+            text.contains("data plane: maps adopted from the previous daemon (hitless restart); forwarder program id 77"),
+            "{text}"
+        );
+        assert!(text.contains("interface eth0: native XDP\n"), "{text}");
+        assert!(
+            text.contains("interface eth1: native XDP (INTERFACE GONE"),
+            "{text}"
+        );
+        assert!(text.contains("re-created under the forwarder: 1"), "{text}");
+        assert!(text.contains("next hop unresolved 1"), "{text}");
+        assert!(text.contains("1 next hops lost"), "{text}");
+        assert!(
+            text.contains("conntrack 5 of 1000 flows (one entry per flow, shared by every CPU)"),
+            "{text}"
+        );
+        let mut fresh = view();
+        fresh.adopted = false;
+        assert!(render_status(&fresh).contains("maps created by this daemon"));
+    }
 }

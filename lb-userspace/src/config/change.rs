@@ -54,6 +54,10 @@ pub enum ChangeError {
     NoBackend { vip: VipRef, address: IpAddr },
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    #[error(
+        "this apply {0}; nothing applied. Pass --force if that is what you want (an empty or truncated file is the usual cause)"
+    )]
+    Drastic(String),
 }
 
 impl Config {
@@ -118,6 +122,29 @@ impl Config {
         }
         cfg.validate()?;
         Ok((cfg, removal))
+    }
+
+    /// An apply that would take everything down needs the operator to say so: one that removes
+    /// every VIP, or detaches the forwarder from an interface.
+    pub fn check_apply(&self, new: &Config) -> Result<(), ChangeError> {
+        let mut what = Vec::new();
+        if new.vips.is_empty() && !self.vips.is_empty() {
+            what.push(format!("removes every VIP ({})", self.vips.len()));
+        }
+        let gone: Vec<&str> = self
+            .interfaces
+            .iter()
+            .filter(|i| !new.interfaces.iter().any(|n| n.name == i.name))
+            .map(|i| i.name.as_str())
+            .collect();
+        if !gone.is_empty() {
+            what.push(format!("detaches the forwarder from {}", gone.join(", ")));
+        }
+        if what.is_empty() {
+            Ok(())
+        } else {
+            Err(ChangeError::Drastic(what.join(" and ")))
+        }
     }
 
     /// A document for `xlb apply`: without a `[daemon]` table, `running`'s settings stand.

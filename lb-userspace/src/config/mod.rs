@@ -8,7 +8,7 @@ mod validate;
 
 pub use change::{Change, ChangeError, Removal};
 pub use model::*;
-pub use validate::{ConfigError, StatusRangeError};
+pub use validate::{ConfigError, StatusRangeError, check_pin_dir};
 
 #[cfg(test)]
 mod tests;

@@ -422,10 +422,15 @@ impl FromStr for VipRef {
         let (sock, proto) = s.rsplit_once('/').ok_or_else(|| {
             format!("{s:?}: expected ADDRESS:PORT/PROTOCOL, e.g. 10.0.0.1:80/tcp")
         })?;
-        let protocol = match proto.to_ascii_lowercase().as_str() {
+        // Lowercase only, as the configuration file spells it.
+        let protocol = match proto {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
-            p => return Err(format!("{s:?}: protocol {p:?} is not tcp or udp")),
+            p => {
+                return Err(format!(
+                    "{s:?}: protocol {p:?} is not tcp or udp (lowercase, as in the configuration)"
+                ));
+            }
         };
         let sa: std::net::SocketAddr = sock
             .parse()

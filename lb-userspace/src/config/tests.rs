@@ -303,3 +303,93 @@ fn vip_keys_carry_wire_order_ports_and_the_family() {
     let v6: VipRef = "[2001:db8::1]:443/udp".parse().expect("vip");
     assert_eq!(v6.key().family, lb_common::FAMILY_V6);
 }
+
+#[test]
+fn a_probe_host_cannot_carry_headers() {
+    let with_host = |host: &str| {
+        GOOD.replace(
+            "hash = \"src-ip\"\n",
+            &format!("hash = \"src-ip\"\n\n[vip.health]\ntype = \"http\"\nhost = {host:?}\n"),
+        )
+    };
+    Config::parse(&with_host("www.example.com")).expect("a host name");
+    Config::parse(&with_host("[2001:db8::1]:8080")).expect("an address and port");
+    for bad in ["a\r\nX-Injected: 1", "a b", "", "a/b"] {
+        let e = Config::parse(&with_host(bad)).expect_err(bad).to_string();
+        assert!(
+            e.contains("host must be a host name or address"),
+            "{bad:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn pin_dirs_are_what_bpffs_accepts() {
+    for good in [
+        "/sys/fs/bpf/xlb",
+        "/sys/fs/bpf/xlb/node_a",
+        "/sys/fs/bpf/xlb-2",
+    ] {
+        assert_eq!(check_pin_dir(std::path::Path::new(good)), Ok(()), "{good}");
+    }
+    for (bad, why) in [
+        ("/sys/fs/bpf/xlb.v2", "dot"),
+        ("/sys/fs/bpf/../..", ". or .."),
+        ("/sys/fs/bpf/xlb/../../etc", ". or .."),
+        ("/sys/fs/bpf", "not bpffs itself"),
+        ("/tmp/xlb", "not under /sys/fs/bpf"),
+        ("sys/fs/bpf/xlb", "absolute"),
+    ] {
+        let e = check_pin_dir(std::path::Path::new(bad)).expect_err(bad);
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    let text = GOOD.to_string() + "\n[daemon]\npin_dir = \"/sys/fs/bpf/xlb.test\"\n";
+    let e = Config::parse(&text)
+        .expect_err("dotted pin_dir")
+        .to_string();
+    assert!(
+        e.contains("daemon.pin_dir: /sys/fs/bpf/xlb.test: bpffs refuses names with a dot"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_huge_value_is_not_echoed_whole() {
+    let huge = "x".repeat(1 << 20);
+    let e = Config::parse(&format!("[forwarding]\nencap_source_v4 = \"{huge}\"\n"))
+        .expect_err("not an address")
+        .to_string();
+    assert!(e.len() < 1000, "{} bytes of error", e.len());
+    assert!(e.contains("more bytes)"), "{e}");
+}
+
+#[test]
+fn an_apply_that_empties_or_detaches_needs_force() {
+    let running = edited();
+    let empty = Config::parse_apply("", &running).expect("an empty document parses");
+    let e = running.check_apply(&empty).expect_err("removes everything");
+    let text = e.to_string();
+    assert!(text.contains("removes every VIP (1)"), "{text}");
+    assert!(text.contains("detaches the forwarder from eth0"), "{text}");
+    let mut fewer = running.clone();
+    fewer.vips[0].backends.pop();
+    assert_eq!(running.check_apply(&fewer), Ok(()));
+    let mut other_iface = running.clone();
+    other_iface.interfaces[0].name = "eth1".into();
+    let text = running
+        .check_apply(&other_iface)
+        .expect_err("eth0 goes")
+        .to_string();
+    assert!(text.contains("detaches the forwarder from eth0"), "{text}");
+    assert!(!text.contains("every VIP"), "{text}");
+    // Nothing to lose from an empty daemon.
+    assert_eq!(empty.check_apply(&running), Ok(()));
+}
+
+#[test]
+fn the_cli_spells_protocols_as_the_file_does() {
+    for s in ["10.0.0.1:80/TCP", "10.0.0.1:80/Udp"] {
+        let e = s.parse::<VipRef>().expect_err(s);
+        assert!(e.contains("lowercase"), "{e}");
+    }
+}

@@ -67,11 +67,18 @@ impl HealthCheck {
                 if let Err(e) = self.status_range() {
                     errs.push(format!("{at}: {e}"));
                 }
-                if self
-                    .path
-                    .as_deref()
-                    .is_some_and(|p| !p.starts_with('/') || p.contains(char::is_whitespace))
-                {
+                if self.host.as_deref().is_some_and(|h| {
+                    h.is_empty()
+                        || h.len() > 255
+                        || !h.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+                }) {
+                    errs.push(format!(
+                        "{at}: host must be a host name or address (printable, no spaces, no control characters such as CR/LF, at most 255 bytes)"
+                    ));
+                }
+                if self.path.as_deref().is_some_and(|p| {
+                    !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control())
+                }) {
                     errs.push(format!(
                         "{at}: path must start with / and contain no spaces"
                     ));
@@ -123,11 +130,8 @@ impl Config {
         if d.socket.as_os_str().is_empty() || d.state_file.as_os_str().is_empty() {
             errs.push("daemon: socket and state_file must not be empty".into());
         }
-        if !d.pin_dir.starts_with("/sys/fs/bpf") {
-            errs.push(format!(
-                "daemon.pin_dir: {} is not under /sys/fs/bpf (pins need bpffs)",
-                d.pin_dir.display()
-            ));
+        if let Err(e) = check_pin_dir(&d.pin_dir) {
+            errs.push(format!("daemon.pin_dir: {}: {e}", d.pin_dir.display()));
         }
         if !d.metrics_listen.is_empty() && d.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -259,6 +263,36 @@ impl Config {
     }
 }
 
+/// What bpffs accepts for a pin directory, and what is safe to remove on `xlb detach`.
+pub fn check_pin_dir(dir: &std::path::Path) -> Result<(), &'static str> {
+    use std::path::Component;
+    let mut parts = dir.components();
+    if parts.next() != Some(Component::RootDir) {
+        return Err("must be an absolute path");
+    }
+    let mut depth = 0;
+    for c in parts {
+        match c {
+            Component::Normal(name) => {
+                depth += 1;
+                let name = name.to_string_lossy();
+                if depth > 3 && name.contains('.') {
+                    return Err("bpffs refuses names with a dot");
+                }
+                let want = ["sys", "fs", "bpf"];
+                if depth <= 3 && name != want[depth - 1] {
+                    return Err("is not under /sys/fs/bpf (pins need bpffs)");
+                }
+            }
+            _ => return Err("must not contain . or .. components"),
+        }
+    }
+    if depth <= 3 {
+        return Err("must be a directory below /sys/fs/bpf, not bpffs itself");
+    }
+    Ok(())
+}
+
 fn check_ring(at: &str, m: u32, errs: &mut Vec<String>) {
     if !(3..=RING_SIZE_MAX).contains(&m) || !maglev::is_prime(m) {
         errs.push(format!(
@@ -279,10 +313,23 @@ impl fmt::Display for ConfigError {
         }
         write!(f, "):")?;
         for e in &self.0 {
-            write!(f, "\n  - {e}")?;
+            write!(f, "\n  - {}", shorten(e))?;
         }
         Ok(())
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+/// A message cut to a readable length: a parser quoting a 100 MB line must not echo it.
+fn shorten(e: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 400;
+    if e.len() <= MAX {
+        return e.into();
+    }
+    let mut end = MAX;
+    while !e.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &e[..end], e.len() - end).into()
+}

@@ -18,37 +18,71 @@ use crate::{
 
 /// How long the owner may take to answer a probe or a scrape.
 const OWNER_WAIT: Duration = Duration::from_secs(5);
+/// Connections served at once: scrapers and probes need a handful. More are closed at once,
+/// so no local user can take the daemon's descriptors or memory through this port.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request, and take the answer, within these.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A metrics page is rendered at most once per this: scrapes arriving together share it.
+const PAGE_TTL: Duration = Duration::from_secs(1);
 
 pub async fn serve(l: TcpListener, owner: mpsc::Sender<Command>, api: Arc<ApiCounters>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let endpoint = Arc::new(Endpoint::new(owner, api));
     loop {
         let Ok((mut c, _)) = l.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let (owner, api) = (owner.clone(), api.clone());
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            endpoint
+                .api
+                .admin_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(c);
+            continue;
+        };
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut head = vec![0u8; 8192];
-            let read = tokio::time::timeout(Duration::from_secs(5), c.read(&mut head)).await;
+            let read = tokio::time::timeout(READ_TIMEOUT, c.read(&mut head)).await;
             let Ok(Ok(n)) = read else { return };
             let req = String::from_utf8_lossy(&head[..n]);
             let path = req
                 .strip_prefix("GET ")
                 .and_then(|r| r.split([' ', '?']).next())
                 .unwrap_or("");
-            let (status, body) = answer(path, &owner, &api).await;
+            let (status, body) = endpoint.answer(path).await;
             let ctype = if path == "/metrics" && status.starts_with("200") {
                 "text/plain; version=0.0.4; charset=utf-8"
             } else {
                 "text/plain"
             };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = c.write_all(resp.as_bytes()).await;
-            let _ = c.shutdown().await;
+            // A client that does not read its answer is dropped with it; the body is shared
+            // with every other scrape of the same page, never copied per connection.
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                if c.write_all(head.as_bytes()).await.is_ok() {
+                    let _ = c.write_all(body.as_bytes()).await;
+                }
+                let _ = c.shutdown().await;
+            })
+            .await;
         });
     }
+}
+
+/// What the endpoint answers, and the last metrics page.
+struct Endpoint {
+    owner: mpsc::Sender<Command>,
+    api: Arc<ApiCounters>,
+    page: tokio::sync::Mutex<Option<(std::time::Instant, Arc<str>)>>,
 }
 
 async fn ask<T>(
@@ -60,48 +94,68 @@ async fn ask<T>(
     tokio::time::timeout(OWNER_WAIT, rx).await.ok()?.ok()
 }
 
-async fn answer(
-    path: &str,
-    owner: &mpsc::Sender<Command>,
-    api: &ApiCounters,
-) -> (&'static str, String) {
-    const UNAVAILABLE: &str = "503 Service Unavailable";
-    match path {
-        "/metrics" => {
-            let (reply, rx) = oneshot::channel();
-            let cmd = Command::Request {
-                req: Box::new(Request::Metrics),
-                reply,
-            };
-            let view = ask(owner, cmd, rx)
-                .await
-                .and_then(|r| r.data)
-                .and_then(|d| serde_json::from_value::<MetricsView>(d).ok());
-            match view {
-                Some(v) => ("200 OK", crate::metrics::render(&v, api)),
-                None => (UNAVAILABLE, "the daemon did not answer\n".into()),
-            }
+impl Endpoint {
+    fn new(owner: mpsc::Sender<Command>, api: Arc<ApiCounters>) -> Endpoint {
+        Endpoint {
+            owner,
+            api,
+            page: tokio::sync::Mutex::new(None),
         }
-        "/livez" | "/readyz" => {
-            let (reply, rx) = oneshot::channel();
-            match ask(owner, Command::Ready { reply }, rx).await {
-                None => (
-                    UNAVAILABLE,
-                    "the daemon's owner task does not answer\n".into(),
-                ),
-                Some(_) if path == "/livez" => ("200 OK", "ok\n".into()),
-                Some(r) if r.ready() => ("200 OK", "ready\n".into()),
-                Some(r) if !r.applied => (UNAVAILABLE, "configuration not applied yet\n".into()),
-                Some(r) => (
-                    UNAVAILABLE,
-                    format!("{} backend next hop(s) unresolved\n", r.unresolved),
-                ),
+    }
+
+    async fn answer(&self, path: &str) -> (&'static str, Arc<str>) {
+        const UNAVAILABLE: &str = "503 Service Unavailable";
+        match path {
+            "/metrics" => {
+                // One render at a time, shared by the scrapes that wait for it: a burst of
+                // scrapes costs one page of memory and one owner query.
+                let mut page = self.page.lock().await;
+                if let Some((at, body)) = &*page
+                    && at.elapsed() < PAGE_TTL
+                {
+                    return ("200 OK", body.clone());
+                }
+                let (reply, rx) = oneshot::channel();
+                let cmd = Command::Request {
+                    req: Box::new(Request::Metrics),
+                    reply,
+                };
+                let view = ask(&self.owner, cmd, rx)
+                    .await
+                    .and_then(|r| r.data)
+                    .and_then(|d| serde_json::from_value::<MetricsView>(d).ok());
+                match view {
+                    Some(v) => {
+                        let body: Arc<str> = crate::metrics::render(&v, &self.api).into();
+                        *page = Some((std::time::Instant::now(), body.clone()));
+                        ("200 OK", body)
+                    }
+                    None => (UNAVAILABLE, "the daemon did not answer\n".into()),
+                }
             }
+            "/livez" | "/readyz" => {
+                let (reply, rx) = oneshot::channel();
+                match ask(&self.owner, Command::Ready { reply }, rx).await {
+                    None => (
+                        UNAVAILABLE,
+                        "the daemon's owner task does not answer\n".into(),
+                    ),
+                    Some(_) if path == "/livez" => ("200 OK", "ok\n".into()),
+                    Some(r) if r.ready() => ("200 OK", "ready\n".into()),
+                    Some(r) if !r.applied => {
+                        (UNAVAILABLE, "configuration not applied yet\n".into())
+                    }
+                    Some(r) => (
+                        UNAVAILABLE,
+                        format!("{} backend next hop(s) unresolved\n", r.unresolved).into(),
+                    ),
+                }
+            }
+            _ => (
+                "404 Not Found",
+                "served here: /metrics, /livez, /readyz\n".into(),
+            ),
         }
-        _ => (
-            "404 Not Found",
-            "served here: /metrics, /livez, /readyz\n".into(),
-        ),
     }
 }
 
@@ -115,28 +169,13 @@ mod tests {
 
     fn status() -> StatusView {
         StatusView {
-            version: "0".into(),
-            uptime_secs: 1,
-            pin_dir: "/sys/fs/bpf/xlb".into(),
-            adopted: false,
-            forward_program_id: 1,
-            interfaces: vec![],
-            vips: 1,
-            backends: 0,
-            backends_up: 0,
-            backends_drained: 0,
-            backends_removing: 0,
-            backends_unresolved: 0,
-            backends_down: 0,
             health_transitions: 3,
-            below_quorum: vec![],
-            quorum_losses: 0,
             conntrack_capacity: 1024,
             conntrack_entries: 7,
             conntrack_evictions: 4,
             applies: 2,
             ring_rebuilds: 1,
-            capture: None,
+            ..StatusView::sample()
         }
     }
 
@@ -180,9 +219,18 @@ mod tests {
         tx
     }
 
+    /// `path` answered by an endpoint on `owner`.
+    async fn answer(
+        path: &str,
+        owner: &mpsc::Sender<Command>,
+        api: &Arc<ApiCounters>,
+    ) -> (&'static str, Arc<str>) {
+        Endpoint::new(owner.clone(), api.clone()).answer(path).await
+    }
+
     #[tokio::test]
     async fn probes_say_alive_and_ready_only_when_applied_and_resolved() {
-        let api = ApiCounters::default();
+        let api = Arc::new(ApiCounters::default());
         let ok = owner(Readiness {
             applied: true,
             unresolved: 0,
@@ -214,14 +262,14 @@ mod tests {
     async fn a_gone_owner_is_not_alive() {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
-        let api = ApiCounters::default();
+        let api = Arc::new(ApiCounters::default());
         assert!(answer("/livez", &tx, &api).await.0.starts_with("503"));
         assert!(answer("/metrics", &tx, &api).await.0.starts_with("503"));
     }
 
     #[tokio::test]
     async fn metrics_render_the_daemons_view() {
-        let api = ApiCounters::default();
+        let api = Arc::new(ApiCounters::default());
         api.refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let o = owner(Readiness {

@@ -18,8 +18,15 @@ use crate::{
 impl Owner {
     pub(super) fn request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         let answer = match req {
-            Request::Apply { config, now } => {
-                return self.enqueue(Job::apply(config, now, reply));
+            Request::Apply { config, now, force } => {
+                return self.enqueue(Job::apply(config, now, force, reply));
+            }
+            Request::Explain { src, dst, .. } if src.is_ipv4() != dst.is_ipv4() => {
+                Response::err(format!(
+                    "{src} and {dst} are of different address families: a flow to an IPv{} VIP comes from an IPv{} client",
+                    if dst.is_ipv4() { 4 } else { 6 },
+                    if dst.is_ipv4() { 4 } else { 6 }
+                ))
             }
             Request::CaptureStart { filter } => {
                 let pin_dir = self.state.cfg().daemon.pin_dir.clone();

@@ -37,6 +37,8 @@ use crate::{
 
 pub struct Options {
     pub config: Option<PathBuf>,
+    /// Control socket overriding `[daemon] socket` (`xlb --socket`, `XLB_SOCKET`).
+    pub socket: Option<PathBuf>,
     /// Remove maps, links and pins on exit instead of leaving forwarding running.
     pub detach: bool,
 }
@@ -112,11 +114,31 @@ fn lock(path: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// Raise the descriptor limit to its hard maximum: probes, clients and maps all take
+/// descriptors, and the listeners are bounded well below it.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 pub async fn run(opts: Options) -> Result<()> {
-    let (file_cfg, file_digest) = read_config(&opts)?;
+    raise_fd_limit();
+    let (mut file_cfg, file_digest) = read_config(&opts)?;
+    if let Some(s) = &opts.socket {
+        file_cfg.daemon.socket = s.clone();
+    }
     let d = file_cfg.daemon.clone();
     let lock_path = d.socket.with_extension("lock");
-    let _lock = lock(&lock_path)?;
+    let lock_file = lock(&lock_path)?;
+    crate::dataplane::pin::require_bpffs(&d.pin_dir)?;
+    // The pins are what two daemons would fight over, whatever their sockets.
+    let pin_lock = crate::dataplane::pin::lock_dir(&d.pin_dir)?;
 
     let saved = persist::load(&d.state_file)?;
     let mut dp = Dataplane::load(&LoadOptions {
@@ -252,5 +274,8 @@ pub async fn run(opts: Options) -> Result<()> {
         let _ = done.await;
     }
     let _ = owner_task.await;
+    drop(pin_lock);
+    let _ = std::fs::remove_file(&lock_path);
+    drop(lock_file);
     Ok(())
 }

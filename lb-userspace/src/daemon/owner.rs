@@ -16,10 +16,12 @@ use super::{
 use crate::{
     api::{ApplyReport, Response},
     config::{Change, Config, Removal},
-    dataplane::{Dataplane, pin},
+    dataplane::{Dataplane, ReadyRing, pin},
     health::{Monitor, Target, Transition},
     nexthop::Resolver,
-    state::{NextHop, Resolved, State, Unreachable, persist::FileStore},
+    state::{
+        ApplyError, NextHop, Planned, Prepared, Resolved, State, Unreachable, persist::FileStore,
+    },
 };
 
 pub enum Command {
@@ -38,6 +40,8 @@ pub enum Command {
     Resolved(Box<Waited>),
     /// Answers of a `RefreshNextHops`.
     Refreshed(Vec<(u32, Result<NextHop, Unreachable>)>),
+    /// A queued change planned on a blocking thread, with its rings filled ahead.
+    Planned(Box<(Job, Result<Planned, ApplyError>, Vec<ReadyRing>)>),
     Ready {
         reply: oneshot::Sender<Readiness>,
     },
@@ -81,6 +85,7 @@ enum What {
     Apply {
         text: String,
         now: bool,
+        force: bool,
     },
     /// The same configuration again (after a health transition).
     Reapply,
@@ -94,9 +99,9 @@ impl Job {
             queued: Instant::now(),
         }
     }
-    pub fn apply(text: String, now: bool, reply: oneshot::Sender<Response>) -> Job {
+    pub fn apply(text: String, now: bool, force: bool, reply: oneshot::Sender<Response>) -> Job {
         Job {
-            what: What::Apply { text, now },
+            what: What::Apply { text, now, force },
             reply: Some(reply),
             queued: Instant::now(),
         }
@@ -115,9 +120,13 @@ impl Job {
             What::Change(c) => cur
                 .apply_change(c.as_ref().clone())
                 .map_err(|e| e.to_string()),
-            What::Apply { text, now } => Config::parse_apply(text, cur)
-                .map(|c| (c, if *now { Removal::Now } else { Removal::Drain }))
-                .map_err(|e| e.to_string()),
+            What::Apply { text, now, force } => {
+                let new = Config::parse_apply(text, cur).map_err(|e| e.to_string())?;
+                if !force {
+                    cur.check_apply(&new).map_err(|e| e.to_string())?;
+                }
+                Ok((new, if *now { Removal::Now } else { Removal::Drain }))
+            }
             What::Reapply => Ok((cur.clone(), Removal::Drain)),
         }
     }
@@ -142,8 +151,8 @@ pub struct Owner {
     /// For spawned tasks to report back.
     pub(super) tx: mpsc::Sender<Command>,
     queue: VecDeque<Job>,
-    /// A queued change waits for next hops.
-    resolving: bool,
+    /// A queued change waits for next hops or for its plan.
+    waiting: bool,
     refreshing: bool,
 }
 
@@ -183,7 +192,7 @@ impl Owner {
             resolver,
             tx,
             queue: VecDeque::new(),
-            resolving: false,
+            waiting: false,
             refreshing: false,
         }
     }
@@ -197,7 +206,7 @@ impl Owner {
                 Command::Tick => self.tick(),
                 Command::RefreshNextHops => self.refresh(),
                 Command::Resolved(w) => {
-                    self.resolving = false;
+                    self.waiting = false;
                     let Waited {
                         job,
                         new,
@@ -207,10 +216,23 @@ impl Owner {
                     self.finish(job, new, removal, &resolved);
                     self.pump();
                 }
+                Command::Planned(p) => {
+                    self.waiting = false;
+                    let (job, planned, ready) = *p;
+                    self.dp.ready(ready);
+                    let mut env = effects!(self);
+                    let result = planned.and_then(|p| self.state.apply_planned(&mut env, p));
+                    self.dp.unready();
+                    self.answer(job, result);
+                    self.pump();
+                }
                 Command::Refreshed(answers) => {
                     self.refreshing = false;
                     let mut env = effects!(self);
-                    self.state.refresh_nexthops(&mut env, answers);
+                    if self.state.refresh_nexthops(&mut env, answers) {
+                        self.queue.push_front(Job::reapply());
+                        self.pump();
+                    }
                 }
                 Command::Ready { reply } => {
                     let _ = reply.send(Readiness {
@@ -236,7 +258,7 @@ impl Owner {
     /// Apply queued changes in order; one that needs next hops resolved waits for them (in a
     /// spawned task) and holds up only the changes behind it.
     fn pump(&mut self) {
-        while !self.resolving {
+        while !self.waiting {
             let Some(job) = self.queue.pop_front() else {
                 return;
             };
@@ -252,7 +274,7 @@ impl Owner {
                 self.finish(job, new, removal, &Resolved::new());
                 continue;
             }
-            self.resolving = true;
+            self.waiting = true;
             let (resolver, tx) = (self.resolver.clone(), self.tx.clone());
             tokio::spawn(async move {
                 let answers = resolver.resolve_all(&missing).await;
@@ -268,9 +290,37 @@ impl Owner {
         }
     }
 
+    /// Prepare a change on the state and plan it on a blocking thread: building the rings of
+    /// a large change must not hold up queries.
     fn finish(&mut self, job: Job, new: Config, removal: Removal, resolved: &Resolved) {
-        let mut env = effects!(self);
-        let result = self.state.apply(&mut env, new, removal, resolved);
+        let env = effects!(self);
+        let prepared: Result<Prepared, ApplyError> =
+            self.state.prepare(&env, new, removal, resolved.clone());
+        match prepared {
+            Err(e) => self.answer(job, Err(e)),
+            Ok(p) => {
+                self.waiting = true;
+                let tx = self.tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let planned = p.plan();
+                    // The kernel-side ring fills too: a 1M-slot ring takes tens of ms to write.
+                    // A ring that fails here is simply written on the owner.
+                    let ready = planned.as_ref().map_or_else(
+                        |_| Vec::new(),
+                        |p| {
+                            p.ring_tables()
+                                .iter()
+                                .filter_map(|t| Dataplane::prefill_ring(t).ok())
+                                .collect()
+                        },
+                    );
+                    let _ = tx.blocking_send(Command::Planned(Box::new((job, planned, ready))));
+                });
+            }
+        }
+    }
+
+    fn answer(&mut self, job: Job, result: Result<crate::state::ApplyReport, ApplyError>) {
         let response = match result {
             Ok(r) => {
                 let report = ApplyReport {
@@ -283,6 +333,7 @@ impl Owner {
                     rings_swapped: r.rings_swapped,
                     map_writes: r.map_writes,
                     elapsed_us: job.queued.elapsed().as_micros() as u64,
+                    warnings: r.warnings,
                 };
                 if job.reply.is_some() {
                     info!(?report, "configuration applied");
@@ -330,10 +381,17 @@ impl Owner {
         if let Err(e) = self.state.tick_clock(&mut env) {
             warn!(error = %e, "writing the conntrack clock");
         }
-        if let Err(e) = self.state.reap(&mut env) {
+        // While a change is in flight its plan stands on the ids a reap would change.
+        if !self.waiting
+            && let Err(e) = self.state.reap(&mut env)
+        {
             warn!(error = %e, "finishing drained removals");
         }
         capture::expire(&mut self.lease, &mut self.state, &mut env);
+        if !self.waiting && self.state.check_interfaces(&env) {
+            self.queue.push_front(Job::reapply());
+            self.pump();
+        }
         let snap = query::snapshot(&self.state, &self.dp);
         // Entries written: new flows less the re-picks that rewrote an existing entry.
         let writes = snap
@@ -352,7 +410,7 @@ impl Owner {
     }
 
     fn refresh(&mut self) {
-        if self.refreshing {
+        if self.refreshing || self.waiting {
             return;
         }
         self.refreshing = true;

@@ -125,6 +125,7 @@ pub fn status(c: &Ctx) -> StatusView {
                 name: a.name.clone(),
                 requested: kebab(&a.requested),
                 mode: kebab(&a.mode),
+                ifindex: a.ifindex.unwrap_or(0),
             })
             .collect(),
         vips: s.vips,
@@ -132,6 +133,8 @@ pub fn status(c: &Ctx) -> StatusView {
         backends_up: s.up,
         backends_down: s.down,
         health_transitions: n.health_transitions,
+        interfaces_lost: n.interfaces_lost,
+        nexthop_losses: n.unresolved,
         below_quorum: c
             .state
             .below_quorum()
@@ -163,11 +166,13 @@ pub fn vip_list(c: &Ctx) -> Vec<VipView> {
             conntrack: v.conntrack,
             ring_size: cfg.ring_size(v),
             backends: v.backends.len(),
-            in_ring: v
-                .backends
-                .iter()
-                .filter(|b| !b.drain && b.weight > 0)
-                .count(),
+            // What the published ring holds: health-down, unresolved and drained ones are out.
+            in_ring: c
+                .state
+                .ids()
+                .vip_id(&v.id())
+                .and_then(|id| c.state.published().rings.get(&id))
+                .map_or(0, |r| r.members.len()),
         })
         .collect()
 }
@@ -177,6 +182,13 @@ pub fn vip_list(c: &Ctx) -> Vec<VipView> {
 pub struct NoVip(pub VipRef);
 
 pub fn backend_list(c: &Ctx, only: Option<VipRef>) -> Result<Vec<BackendView>, NoVip> {
+    rows(c, only, true)
+}
+
+/// Backend rows; `slots` reads every ring back from the kernel to count them (metrics do not
+/// show slots, and a scrape should not read a million ring slots).
+fn rows(c: &Ctx, only: Option<VipRef>, slots: bool) -> Result<Vec<BackendView>, NoVip> {
+    let with_slots = slots;
     let cfg = c.state.cfg();
     if let Some(v) = &only
         && cfg.vip(v).is_none()
@@ -184,14 +196,22 @@ pub fn backend_list(c: &Ctx, only: Option<VipRef>) -> Result<Vec<BackendView>, N
         return Err(NoVip(*v));
     }
     let mut out = Vec::new();
+    // Looked up once: a linear search per row is quadratic in thousands of backends, and a
+    // scrape holds the owner task.
+    let ids = c.state.ids().by_member();
+    let vip_ids: HashMap<VipRef, u32> = c.state.ids().vips.iter().copied().collect();
     for v in &cfg.vips {
         if only.is_some_and(|o| o != v.id()) {
             continue;
         }
-        let vip_id = c.state.ids().vip_id(&v.id()).unwrap_or(0);
+        let vip_id = vip_ids.get(&v.id()).copied().unwrap_or(0);
         let mut slots: HashMap<u32, u32> = HashMap::new();
-        for id in c.maps.ring(vip_id).unwrap_or_default() {
-            *slots.entry(id).or_default() += 1;
+        if with_slots {
+            let mut ring = c.maps.ring(vip_id).unwrap_or_default();
+            ring.sort_unstable();
+            for run in ring.chunk_by(|a, b| a == b) {
+                slots.insert(run[0], run.len() as u32);
+            }
         }
         let mut rows: Vec<(std::net::IpAddr, u32, &str, bool)> = v
             .backends
@@ -209,7 +229,7 @@ pub fn backend_list(c: &Ctx, only: Option<VipRef>) -> Result<Vec<BackendView>, N
             rows.push((r.address, 0, "removing", false));
         }
         for (address, weight, state, probed) in rows {
-            let id = c.state.ids().backend_id(&v.id(), &address).unwrap_or(0);
+            let id = ids.get(&(v.id(), address)).copied().unwrap_or(0);
             let m = c.state.members().get(&id);
             let health = c.state.health().get(&id);
             let mut state = state.to_string();
@@ -324,11 +344,20 @@ fn sock(ip: std::net::IpAddr, port: u16) -> String {
     SocketAddr::new(ip, port).to_string()
 }
 
-pub fn flows(
-    c: &Ctx,
-    vip: Option<VipRef>,
-    limit: usize,
-) -> Result<FlowsView, crate::state::MapsError> {
+#[derive(Debug, thiserror::Error)]
+pub enum FlowsError {
+    #[error(transparent)]
+    NoVip(#[from] NoVip),
+    #[error(transparent)]
+    Maps(#[from] crate::state::MapsError),
+}
+
+pub fn flows(c: &Ctx, vip: Option<VipRef>, limit: usize) -> Result<FlowsView, FlowsError> {
+    if let Some(v) = &vip
+        && c.state.cfg().vip(v).is_none()
+    {
+        return Err(NoVip(*v).into());
+    }
     let mut out = FlowsView {
         flows: Vec::new(),
         truncated: false,
@@ -488,7 +517,7 @@ pub fn metrics(c: &Ctx) -> MetricsView {
     MetricsView {
         status: status(c),
         stats: stats(c),
-        backends: backend_list(c, None).unwrap_or_default(),
+        backends: rows(c, None, false).unwrap_or_default(),
         conntrack_entries: c.occupancy.entries(),
     }
 }
@@ -632,6 +661,17 @@ mod tests {
         let e =
             backend_list(&ctx, Some("10.9.9.9:80/tcp".parse().expect("vip"))).expect_err("missing");
         assert_eq!(e.to_string(), "no VIP 10.9.9.9:80/tcp (see `xlb vip list`)");
+        let id = w.state.ids().backends[0].2;
+        assert!(w.state.record_health(id, false, "test", w.t0));
+        let c = w.state.cfg().clone();
+        w.apply(c, Removal::Drain);
+        let ctx = w.ctx(w.t0);
+        let vips = vip_list(&ctx);
+        assert_eq!(
+            (vips[0].backends, vips[0].in_ring),
+            (2, 1),
+            "health-down is out"
+        );
     }
 
     #[test]

@@ -97,17 +97,27 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Control connections served at once (each a CLI command): a bound on descriptors.
+pub const MAX_CONNECTIONS: usize = 128;
+
 pub async fn serve(
     listener: UnixListener,
     owner: mpsc::Sender<Command>,
     api: Arc<ApiCounters>,
     access: Access,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    api.control_refused.fetch_add(1, Ordering::Relaxed);
+                    drop(conn);
+                    continue;
+                };
                 let (owner, api) = (owner.clone(), api.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = client(conn, owner, &api, access).await {
                         warn!(error = %e, "control connection");
                     }
@@ -184,8 +194,13 @@ async fn client(
         api.errors.fetch_add(1, Ordering::Relaxed);
     }
     let body = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
-    conn.write_all(&body).await?;
-    conn.shutdown().await
+    // A client that does not take its answer does not hold the connection for ever.
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        conn.write_all(&body).await?;
+        conn.shutdown().await
+    })
+    .await
+    .unwrap_or(Ok(()))
 }
 
 #[cfg(test)]

@@ -38,6 +38,14 @@ pub enum DataplaneError {
     DevMap(#[from] XdpMapError),
     #[error("nothing pinned at {0}: is the xlb daemon running, and is this its pin_dir?")]
     NothingPinned(String),
+    #[error(
+        "bpffs is not mounted under {0}: mount it (`mount -t bpf bpf /sys/fs/bpf`). In a network namespace entered with `ip netns exec`, /sys is remounted and bpffs hidden: enter it with `nsenter --net=/run/netns/NAME` instead"
+    )]
+    NoBpffs(String),
+    #[error(
+        "another xlb daemon holds {0}: stop it first, or give this one its own [daemon] pin_dir (two daemons on one set of maps would undo each other)"
+    )]
+    PinDirHeld(String),
     #[error("ring of {0} entries is too large")]
     RingTooLarge(usize),
     #[error(transparent)]

@@ -31,6 +31,9 @@ impl Maps for Dataplane {
             MapOp::Ring { vip_id, table } => self
                 .set_ring(*vip_id, table)
                 .map_err(|e| MapsError::new(format!("ring of VIP id {vip_id}"), e)),
+            MapOp::ClearRing { vip_id } => self
+                .clear_ring(*vip_id)
+                .map_err(|e| MapsError::new(format!("dropping the ring of VIP id {vip_id}"), e)),
             MapOp::Vip { key, meta } => self
                 .set_vip(key, meta)
                 .map_err(|e| MapsError::new(format!("VIP id {}", meta.vip_id), e)),

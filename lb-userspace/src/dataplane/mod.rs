@@ -72,6 +72,15 @@ pub struct Dataplane {
     pin_state: PinState,
     /// Links this process holds, by interface (pinned or not).
     links: HashMap<String, (&'static str, aya::programs::xdp::XdpLinkId)>,
+    /// Rings built and filled ahead (off the daemon's owner thread), by the address of their
+    /// table: a ring write then only swaps one in.
+    ready_rings: HashMap<usize, MapData>,
+}
+
+/// A ring filled ahead of its swap (`Dataplane::prefill_ring`).
+pub struct ReadyRing {
+    table: usize,
+    map: MapData,
 }
 
 /// Sum a per-CPU value over CPUs.
@@ -160,6 +169,7 @@ impl Dataplane {
             pin_dir: opts.pin_dir.clone(),
             pin_state,
             links: HashMap::new(),
+            ready_rings: HashMap::new(),
         })
     }
 
@@ -316,6 +326,19 @@ impl Dataplane {
     /// then swapped in with one map update, so packets see the old ring or
     /// the new one and never a mix.
     pub fn set_ring(&mut self, vip_id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        let ready = self.ready_rings.remove(&(table.as_ptr() as usize));
+        let inner = match ready {
+            Some(m) => m,
+            None => Self::filled_ring(table)?,
+        };
+        let mut rings: ArrayOfMaps<_, MapData> =
+            ArrayOfMaps::try_from(self.map_mut(names::RINGS)?)?;
+        rings.set(vip_id, &inner, 0)?;
+        Ok(())
+    }
+
+    /// A new inner array holding `table`.
+    fn filled_ring(table: &[u32]) -> Result<MapData, DataplaneError> {
         let len =
             u32::try_from(table.len()).map_err(|_| DataplaneError::RingTooLarge(table.len()))?;
         let obj = aya_obj::Map::new_from_params(
@@ -327,10 +350,35 @@ impl Dataplane {
         );
         let inner = MapData::create(obj, "xlb_ring", None)?;
         ring_map::write(&inner, table)?;
-        let mut rings: ArrayOfMaps<_, MapData> =
-            ArrayOfMaps::try_from(self.map_mut(names::RINGS)?)?;
-        rings.set(vip_id, &inner, 0)?;
-        Ok(())
+        Ok(inner)
+    }
+
+    /// Build and fill a ring for `table` now, on any thread; `set_ring` of the same table (the
+    /// same allocation) then only swaps it in, once it is handed over with `ready`.
+    pub fn prefill_ring(table: &[u32]) -> Result<ReadyRing, DataplaneError> {
+        Ok(ReadyRing {
+            table: table.as_ptr() as usize,
+            map: Self::filled_ring(table)?,
+        })
+    }
+
+    /// Rings filled ahead for the writes that follow; `unready` drops those not used.
+    pub fn ready(&mut self, rings: Vec<ReadyRing>) {
+        for r in rings {
+            self.ready_rings.insert(r.table, r.map);
+        }
+    }
+
+    pub fn unready(&mut self) {
+        self.ready_rings.clear();
+    }
+
+    /// Drop the ring of `vip_id` (the kernel frees it once no packet holds it).
+    pub fn clear_ring(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
+        let aya::maps::Map::ArrayOfMaps(data) = self.map(names::RINGS)? else {
+            return Err(DataplaneError::MissingMap(names::RINGS));
+        };
+        ring_map::delete(data, vip_id)
     }
 
     /// Read back the ring currently published for `vip_id`.

@@ -140,3 +140,58 @@ pub fn remove_all(dir: &Path) -> Result<Vec<String>, DataplaneError> {
     ifaces.sort();
     Ok(ifaces)
 }
+
+/// `BPF_FS_MAGIC`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `path` (or its nearest existing ancestor) lives on a bpf filesystem.
+fn on_bpffs(path: &Path) -> bool {
+    let mut p = Some(path);
+    while let Some(dir) = p {
+        if dir.exists() {
+            let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+                return false;
+            };
+            // SAFETY: statfs fills the struct it is given; the path is NUL-terminated.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+                return false;
+            }
+            #[allow(clippy::unnecessary_cast, reason = "f_type's width differs by libc")]
+            return st.f_type as i64 == BPF_FS_MAGIC;
+        }
+        p = dir.parent();
+    }
+    false
+}
+
+/// Pins need bpffs under `dir`: say what to do when it is not mounted there.
+pub fn require_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    if on_bpffs(dir) {
+        return Ok(());
+    }
+    Err(DataplaneError::NoBpffs(dir.display().to_string()))
+}
+
+/// The lock a daemon holds on its pin directory while it runs (flock on the directory
+/// itself): a second daemon, or `xlb detach`, sees it taken.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, DataplaneError> {
+    use std::os::fd::AsRawFd as _;
+    ensure_dir(dir)?;
+    let f = std::fs::File::open(dir).map_err(|e| io("open", dir, e))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(DataplaneError::PinDirHeld(dir.display().to_string()));
+    }
+    Ok(f)
+}
+
+/// Whether a running daemon holds `dir`.
+pub fn dir_held(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Ok(f) = std::fs::File::open(dir) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; released when `f` closes.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}

@@ -9,6 +9,7 @@ use aya::maps::MapData;
 
 use super::DataplaneError;
 
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
@@ -138,5 +139,46 @@ pub fn dump<K: aya::Pod + Default, V: aya::Pod + Default>(
         }
         token_in = token_out;
         first = false;
+    }
+}
+
+/// Delete element `index` of an array of maps (aya 0.14 has no delete for it). A missing entry
+/// is not an error.
+pub fn delete(map: &MapData, index: u32) -> Result<(), DataplaneError> {
+    /// The `map_elem` member of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&index) as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: a fully initialised bpf_attr prefix for BPF_MAP_DELETE_ELEM; `index` outlives it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<ElemAttr>() as u32,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                Ok(())
+            } else {
+                Err(err("delete ring", e))
+            }
+        }
     }
 }

@@ -47,6 +47,10 @@ pub enum MapOp {
         vip_id: u32,
         table: Arc<Vec<u32>>,
     },
+    /// Drop the ring of a VIP id no VIP uses any more (its kernel memory is freed).
+    ClearRing {
+        vip_id: u32,
+    },
     Vip {
         key: VipKey,
         meta: VipMeta,
@@ -114,6 +118,9 @@ impl Published {
             }
             MapOp::Backend { id, value } => {
                 self.backends.insert(*id, *value);
+            }
+            MapOp::ClearRing { vip_id } => {
+                self.rings.remove(vip_id);
             }
             MapOp::Ring { vip_id, .. } => match inputs {
                 Some(i) => {
@@ -226,6 +233,17 @@ pub fn diff(plan: &Plan, published: &Published, held: &[String]) -> Vec<Step> {
         if !plan.vips.contains_key(k) {
             push(MapOp::RemoveVip { key: *k });
         }
+    }
+    // Rings nothing names any more: a 1M-slot ring is 4 MiB of kernel memory.
+    let mut stale: Vec<u32> = published
+        .rings
+        .keys()
+        .filter(|id| !plan.rings.contains_key(id))
+        .copied()
+        .collect();
+    stale.sort_unstable();
+    for vip_id in stale {
+        push(MapOp::ClearRing { vip_id });
     }
     let only_new = filter_words(plan.vips.keys().map(|k| &k.addr));
     if only_new != both {

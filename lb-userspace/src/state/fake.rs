@@ -93,6 +93,7 @@ impl FakeMaps {
                 MapOp::Backend { id, value } if value.is_down() => format!("down {id}"),
                 MapOp::Backend { id, .. } => format!("backend {id}"),
                 MapOp::Ring { vip_id, .. } => format!("ring {vip_id}"),
+                MapOp::ClearRing { vip_id } => format!("unring {vip_id}"),
                 MapOp::Vip { meta, .. } => format!("vip {}", meta.vip_id),
                 MapOp::RemoveVip { .. } => "unvip".to_string(),
                 MapOp::Attach { iface, .. } => format!("attach {iface}"),
@@ -125,6 +126,9 @@ impl Maps for FakeMaps {
             }
             MapOp::Ring { vip_id, table } => {
                 self.rings.insert(*vip_id, table.to_vec());
+            }
+            MapOp::ClearRing { vip_id } => {
+                self.rings.remove(vip_id);
             }
             MapOp::Vip { key, meta } => {
                 self.vips.insert(*key, *meta);

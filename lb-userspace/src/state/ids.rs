@@ -126,6 +126,7 @@ pub fn allocate(
     let have: BTreeSet<(VipRef, IpAddr)> = ids.backends.iter().map(|(v, a, _)| (*v, *a)).collect();
     let n = MAX_BACKENDS - 1;
     for v in &new.vips {
+        let mut short = 0usize;
         for b in &v.backends {
             if have.contains(&(v.id(), b.address)) {
                 continue;
@@ -139,8 +140,15 @@ pub fn allocate(
                     used.insert(id);
                     ids.backends.push((v.id(), b.address, id));
                 }
-                None => errs.push(format!("{}: no free backend id", v.id())),
+                None => short += 1,
             }
+        }
+        if short > 0 {
+            errs.push(format!(
+                "{}: no free backend id for {short} new backend(s): {} ids are in use, draining ones included (they free up when their drains end)",
+                v.id(),
+                MAX_BACKENDS - 1
+            ));
         }
     }
     if errs.is_empty() {

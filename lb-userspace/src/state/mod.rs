@@ -61,7 +61,7 @@ pub enum ApplyError {
     #[error("change refused, nothing applied:{}", .0.iter().map(|e| format!("\n  - {e}")).collect::<String>())]
     Refused(Vec<String>),
     /// A write failed; the previous state was restored where possible.
-    #[error("data plane update failed: {0}")]
+    #[error("nothing applied, rolled back: a data plane write failed ({0})")]
     Dataplane(#[source] MapsError),
     #[error(transparent)]
     Persist(#[from] PersistError),
@@ -78,6 +78,9 @@ pub struct ApplyReport {
     pub backends_draining: usize,
     pub rings_swapped: usize,
     pub map_writes: usize,
+    /// What the operator should know about the result (unreachable backends, VIPs left
+    /// without a backend that takes new flows).
+    pub warnings: Vec<String>,
 }
 
 /// Control-plane event counts since the daemon started.
@@ -87,6 +90,10 @@ pub struct Counters {
     pub ring_rebuilds: u64,
     pub health_transitions: u64,
     pub quorum_losses: u64,
+    /// Times a backend's next hop became unresolvable (it left the rings).
+    pub unresolved: u64,
+    /// Times an attached interface was deleted or re-created under the forwarder.
+    pub interfaces_lost: u64,
 }
 
 /// Backend counts for `xlb status`.
@@ -115,6 +122,8 @@ pub struct State {
     nr_cpus: u16,
     started: Instant,
     counters: Counters,
+    /// Bumped by every change a plan depends on, so a plan made meanwhile is made again.
+    generation: u64,
 }
 
 impl State {
@@ -136,12 +145,14 @@ impl State {
             nr_cpus,
             started,
             counters: Counters::default(),
+            generation: 0,
         }
     }
 
     /// Take over ids, pending removals, interfaces and health from a saved state before the
     /// first apply, so a restarted daemon writes exactly the values its predecessor left.
     pub fn restore(&mut self, saved: &Saved, now: Instant) {
+        self.generation += 1;
         self.ids = saved.ids.clone();
         self.removing = saved.removing.clone();
         self.attached = saved.attached.clone();
@@ -192,14 +203,25 @@ impl State {
 
     /// The next hop already known for a member of `new`, if it still holds: same address,
     /// same forwarding mode (L2 needs an on-link neighbour), resolved.
-    fn cached_nexthop(&self, new: &Config, vip: &VipRef, addr: IpAddr) -> Option<NextHop> {
+    fn cached_nexthop(
+        &self,
+        new: &Config,
+        vip: &VipRef,
+        addr: IpAddr,
+    ) -> Option<Result<NextHop, Unreachable>> {
         let id = self.ids.backend_id(vip, &addr)?;
         let fwd = |c: &Config| c.vip(vip).map(|v| v.forwarding);
-        self.members
+        let m = self
+            .members
             .get(&id)
-            .filter(|m| m.address == addr && m.unresolved.is_none())
-            .filter(|_| fwd(&self.cfg) == fwd(new))
-            .and_then(|m| m.nexthop.clone())
+            .filter(|m| m.address == addr)
+            .filter(|_| fwd(&self.cfg) == fwd(new))?;
+        match (&m.unresolved, &m.nexthop) {
+            // Known unreachable: the periodic refresh resolves it again, not every change.
+            (Some(e), _) => Some(Err(Unreachable(e.clone()))),
+            (None, Some(nh)) => Some(Ok(nh.clone())),
+            (None, None) => None,
+        }
     }
 
     /// Next hops `new` needs that are not known: (address, must be on link).
@@ -215,30 +237,25 @@ impl State {
         out.into_iter().collect()
     }
 
-    /// Every member's next hop: known, or from `resolved`.
+    /// Every member's next hop: known, or from `resolved`, or why not.
     fn nexthops_for(
         &self,
         new: &Config,
         ids: &Ids,
         resolved: &Resolved,
-    ) -> Result<HashMap<u32, NextHop>, Vec<String>> {
+    ) -> HashMap<u32, Result<NextHop, Unreachable>> {
         let mut out = HashMap::new();
-        let mut errs = Vec::new();
         for (vip, addr, id) in &ids.backends {
             let Some(v) = new.vip(vip) else { continue };
-            if let Some(nh) = self.cached_nexthop(new, vip, *addr) {
-                out.insert(*id, nh);
-                continue;
-            }
-            match resolved.get(&(*addr, v.forwarding == FwdMode::L2)) {
-                Some(Ok(nh)) => {
-                    out.insert(*id, nh.clone());
-                }
-                Some(Err(e)) => errs.push(format!("{vip} backend {addr}: {e}")),
-                None => errs.push(format!("{vip} backend {addr}: next hop not resolved")),
-            }
+            let nh = self.cached_nexthop(new, vip, *addr).unwrap_or_else(|| {
+                resolved
+                    .get(&(*addr, v.forwarding == FwdMode::L2))
+                    .cloned()
+                    .unwrap_or_else(|| Err(Unreachable("next hop not resolved".into())))
+            });
+            out.insert(*id, nh);
         }
-        if errs.is_empty() { Ok(out) } else { Err(errs) }
+        out
     }
 
     /// Apply a complete desired configuration: plan everything that can fail, then write only
@@ -251,6 +268,20 @@ impl State {
         removal: Removal,
         resolved: &Resolved,
     ) -> Result<ApplyReport, ApplyError> {
+        let planned = self.prepare(env, new, removal, resolved.clone())?.plan()?;
+        self.apply_planned(env, planned)
+    }
+
+    /// Everything of a change that needs the state: validation, ids, next hops. The result
+    /// owns what the plan needs, so the plan (the Maglev builds) can run on another thread
+    /// while the state keeps answering.
+    pub fn prepare(
+        &self,
+        env: &Env,
+        new: Config,
+        removal: Removal,
+        resolved: Resolved,
+    ) -> Result<Prepared, ApplyError> {
         new.validate()?;
         if new.daemon != self.cfg.daemon {
             return Err(ApplyError::Refused(vec![
@@ -258,9 +289,51 @@ impl State {
                     .into(),
             ]));
         }
-        let plan = self.plan(env, &new, removal, resolved)?;
+        let alloc = ids::allocate(&new, &self.ids, &self.removing, removal, env.clock.unix_ms)
+            .map_err(ApplyError::Refused)?;
+        let nexthops = self.nexthops_for(&new, &alloc.ids, &resolved);
+        let single_ingress = match new.interfaces.as_slice() {
+            [only] => (env.ifindex)(&only.name),
+            _ => None,
+        };
+        Ok(Prepared {
+            generation: self.generation,
+            new,
+            removal,
+            resolved,
+            alloc,
+            nexthops,
+            health: self.health.clone(),
+            published: self.published.clone(),
+            single_ingress,
+            capture: self.capture,
+            nr_cpus: self.nr_cpus,
+        })
+    }
+
+    /// Write a planned change, commit it and save; a failed write or save puts back what was
+    /// there. A plan made from a state that changed since (a drain finished, a next hop moved)
+    /// is made again first.
+    pub fn apply_planned(
+        &mut self,
+        env: &mut Env,
+        planned: Planned,
+    ) -> Result<ApplyReport, ApplyError> {
+        let Planned {
+            generation,
+            new,
+            removal,
+            resolved,
+            plan,
+        } = planned;
+        let (new, plan) = if generation == self.generation {
+            (new, plan)
+        } else {
+            let p = self.prepare(env, new, removal, resolved)?.plan()?;
+            (p.new, p.plan)
+        };
         let before = self.published.clone();
-        let report = self.report(&plan);
+        let report = self.report(&new, &plan);
         match self.publish(env, &plan) {
             Ok(writes) => {
                 let old = self.commit(env, new, plan);
@@ -270,6 +343,13 @@ impl State {
                     return Err(e.into());
                 }
                 self.counters.applies += 1;
+                for w in report
+                    .warnings
+                    .iter()
+                    .filter(|w| w.contains("no backend takes"))
+                {
+                    warn!("{w}");
+                }
                 Ok(ApplyReport {
                     map_writes: writes,
                     ..report
@@ -284,49 +364,39 @@ impl State {
         }
     }
 
-    fn plan(
-        &self,
-        env: &Env,
-        new: &Config,
-        removal: Removal,
-        resolved: &Resolved,
-    ) -> Result<Plan, ApplyError> {
-        let alloc = ids::allocate(new, &self.ids, &self.removing, removal, env.clock.unix_ms)
-            .map_err(ApplyError::Refused)?;
-        let nexthops = self
-            .nexthops_for(new, &alloc.ids, resolved)
-            .map_err(ApplyError::Refused)?;
-        let single_ingress = match new.interfaces.as_slice() {
-            [only] => (env.ifindex)(&only.name),
-            _ => None,
-        };
-        let plan = plan::plan(
-            new,
-            alloc,
-            &plan::Inputs {
-                nexthops: &nexthops,
-                health: &self.health,
-                published: &self.published,
-                single_ingress,
-                capture: self.capture,
-                nr_cpus: self.nr_cpus,
-            },
-        )
-        .map_err(|e| ApplyError::Refused(e.0))?;
-        for v in &new.vips {
-            let empty = plan.ids.vip_id(&v.id()).and_then(|id| plan.rings.get(&id)).is_some_and(
-                |r| matches!(r, plan::RingPlan::Build { inputs, .. } if inputs.members.is_empty()),
-            );
-            if empty && !v.backends.is_empty() {
-                warn!(vip = %v.id(), "no healthy, undrained backend: the VIP's packets are dropped (drop_no_backend)");
+    /// What an operator should hear about a plan, also logged.
+    fn warnings(new: &Config, plan: &Plan) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in plan.members.values() {
+            if let Some(e) = &m.unresolved {
+                out.push(format!(
+                    "{} backend {}: next hop unresolved ({e}); out of the ring until it resolves",
+                    m.vip, m.address
+                ));
             }
         }
-        Ok(plan)
+        for v in &new.vips {
+            let empty = plan
+                .ids
+                .vip_id(&v.id())
+                .and_then(|id| plan.rings.get(&id))
+                .is_some_and(|r| {
+                    matches!(r, plan::RingPlan::Build { inputs, .. } if inputs.members.is_empty())
+                });
+            if empty {
+                out.push(format!(
+                    "{}: no backend takes new flows; its new flows are dropped (drop_no_backend)",
+                    v.id()
+                ));
+            }
+        }
+        out
     }
 
-    fn report(&self, plan: &Plan) -> ApplyReport {
+    fn report(&self, new: &Config, plan: &Plan) -> ApplyReport {
         let p = &self.published;
         ApplyReport {
+            warnings: Self::warnings(new, plan),
             vips_added: plan.vips.keys().filter(|k| !p.vips.contains_key(k)).count(),
             vips_removed: p.vips.keys().filter(|k| !plan.vips.contains_key(k)).count(),
             vips_changed: plan
@@ -352,6 +422,7 @@ impl State {
 
     /// Write the plan's diff; on failure `published` says what did get written.
     fn publish(&mut self, env: &mut Env, plan: &Plan) -> Result<usize, MapsError> {
+        self.generation += 1;
         let held: Vec<String> = self.attached.iter().map(|a| a.name.clone()).collect();
         let mut writes = 0;
         for step in diff::diff(plan, &self.published, &held) {
@@ -360,7 +431,10 @@ impl State {
             self.published.record(&step.op, step.inputs.as_ref());
             match (&step.op, outcome) {
                 (MapOp::Ring { .. }, _) => self.counters.ring_rebuilds += 1,
-                (MapOp::Attach { iface, mode }, Some(a)) => self.attached_as(iface, *mode, a),
+                (MapOp::Attach { iface, mode }, Some(a)) => {
+                    let ifindex = (env.ifindex)(iface);
+                    self.attached_as(iface, *mode, a, ifindex)
+                }
                 (MapOp::Detach { iface }, _) => {
                     self.attached.retain(|a| &a.name != iface);
                     info!(%iface, "forwarder detached");
@@ -368,13 +442,16 @@ impl State {
                 _ => {}
             }
         }
-        // Rings of VIPs that left are no longer this daemon's to compare against.
-        let live: BTreeSet<u32> = plan.rings.keys().copied().collect();
-        self.published.rings.retain(|id, _| live.contains(id));
         Ok(writes)
     }
 
-    fn attached_as(&mut self, iface: &str, requested: crate::config::AttachMode, a: Attached) {
+    fn attached_as(
+        &mut self,
+        iface: &str,
+        requested: crate::config::AttachMode,
+        a: Attached,
+        ifindex: Option<u32>,
+    ) {
         if a.fell_back {
             warn!(
                 %iface,
@@ -396,7 +473,41 @@ impl State {
             name: iface.to_string(),
             requested,
             mode,
+            ifindex,
         });
+    }
+
+    /// Notice interfaces deleted or re-created under the forwarder: a deleted one is reported
+    /// and counted, and the forwarder is attached again when it is back. Returns whether the
+    /// configuration must be applied again (to attach).
+    pub fn check_interfaces(&mut self, env: &Env) -> bool {
+        let mut reapply = false;
+        for a in &mut self.attached {
+            let now = (env.ifindex)(&a.name);
+            if now == a.ifindex {
+                continue;
+            }
+            self.generation += 1;
+            self.published.links.remove(&a.name);
+            match (a.ifindex, now) {
+                (Some(was), None) => {
+                    warn!(iface = %a.name, ifindex = was, "interface gone: the forwarder went with it; it is attached again when the interface returns");
+                    self.counters.interfaces_lost += 1;
+                }
+                (Some(was), Some(is)) => {
+                    warn!(iface = %a.name, was, is, "interface re-created: attaching the forwarder again");
+                    self.counters.interfaces_lost += 1;
+                    reapply = true;
+                }
+                (None, Some(_)) => {
+                    info!(iface = %a.name, "interface back: attaching the forwarder again");
+                    reapply = true;
+                }
+                (None, None) => {}
+            }
+            a.ifindex = now;
+        }
+        reapply
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -422,16 +533,23 @@ impl State {
             info!(vip = %v, "quorum of healthy backends restored");
         }
         self.below_quorum = plan.below_quorum;
+        for (id, m) in &plan.members {
+            let was = self.members.get(id).is_some_and(|o| o.unresolved.is_some());
+            if let Some(e) = &m.unresolved
+                && !was
+            {
+                warn!(vip = %m.vip, backend = %m.address, error = %e, "next hop unresolved: out of the ring until it resolves");
+                self.counters.unresolved += 1;
+            }
+        }
         self.members = plan.members;
         let members = &self.members;
         self.health.retain(|id, _| members.contains_key(id));
         for (id, m) in &self.members {
             self.health.entry(*id).or_insert_with(|| {
-                Health::new(
-                    m.value.state & lb_common::BACKEND_F_DOWN == 0,
-                    "start state",
-                    env.clock.now,
-                )
+                // An unreachable member is down for the rings, not for its health check.
+                let up = m.unresolved.is_some() || m.value.state & lb_common::BACKEND_F_DOWN == 0;
+                Health::new(up, "start state", env.clock.now)
             });
         }
         self.cfg = new;
@@ -460,11 +578,12 @@ impl State {
             .collect();
         let cfg = self.cfg.clone();
         let restored = self
-            .plan(env, &cfg, Removal::Now, &resolved)
+            .prepare(env, cfg, Removal::Now, resolved)
+            .and_then(Prepared::plan)
             .map_err(|e| e.to_string())
             .and_then(|p| {
-                self.publish(env, &p).map_err(|e| e.to_string())?;
-                Ok(p)
+                self.publish(env, &p.plan).map_err(|e| e.to_string())?;
+                Ok(p.plan)
             });
         match restored {
             Ok(p) => self.members = p.members,
@@ -508,6 +627,7 @@ impl State {
         if !h.set(up, reason, now) {
             return false;
         }
+        self.generation += 1;
         self.counters.health_transitions += 1;
         true
     }
@@ -521,6 +641,7 @@ impl State {
 
     /// Turn the capture flag of `CONFIG` on or off.
     pub fn set_capture(&mut self, env: &mut Env, on: bool) -> Result<(), MapsError> {
+        self.generation += 1;
         let mut c = plan::lb_config(&self.cfg, self.nr_cpus);
         if on {
             c.flags |= lb_common::CFG_F_CAPTURE;
@@ -566,6 +687,9 @@ impl State {
             })
             .map(|r| r.id)
             .collect();
+        if !done.is_empty() {
+            self.generation += 1;
+        }
         for id in &done {
             let op = MapOp::Backend {
                 id: *id,
@@ -602,28 +726,37 @@ impl State {
             .collect()
     }
 
-    /// Fresh next-hop answers: rewrite backends whose MACs changed. A next hop that stops
-    /// resolving keeps its last known MAC (a neighbour entry can expire while the host is fine)
-    /// and is reported as unresolved. Returns how many backends were rewritten.
+    /// Fresh next-hop answers. A changed MAC is rewritten at once; a next hop that stopped
+    /// resolving (its host or link gone), one that resolves again, or one that moved to another
+    /// interface needs the configuration applied again (the member leaves or rejoins the rings,
+    /// or takes another egress port): returns whether it does.
     pub fn refresh_nexthops(
         &mut self,
         env: &mut Env,
         answers: Vec<(u32, Result<NextHop, Unreachable>)>,
-    ) -> usize {
-        let mut changed = 0;
+    ) -> bool {
+        self.generation += 1;
+        let mut reapply = false;
         for (id, answer) in answers {
             let Some(m) = self.members.get_mut(&id) else {
                 continue;
             };
             match answer {
                 Ok(nh) => {
+                    if m.unresolved.is_some()
+                        || m.nexthop.as_ref().is_none_or(|o| o.ifindex != nh.ifindex)
+                    {
+                        if m.unresolved.take().is_some() {
+                            info!(backend = %m.address, vip = %m.vip, "next hop resolves again; back in the ring");
+                        }
+                        m.nexthop = Some(nh);
+                        reapply = true;
+                        continue;
+                    }
                     let mut value = m.value;
                     value.dst_mac = nh.dst_mac;
                     if value.tx_port != 0 {
                         value.src_mac = nh.src_mac;
-                    }
-                    if m.unresolved.take().is_some() {
-                        info!(backend = %m.address, vip = %m.vip, "next hop resolves again");
                     }
                     m.nexthop = Some(nh);
                     if value != m.value {
@@ -635,18 +768,18 @@ impl State {
                         self.published.record(&op, None);
                         info!(backend = %m.address, vip = %m.vip, "next hop changed, backend rewritten");
                         m.value = value;
-                        changed += 1;
                     }
                 }
                 Err(e) => {
                     if m.unresolved.is_none() {
-                        warn!(backend = %m.address, vip = %m.vip, error = %e, "next hop lost; keeping the last known MAC");
+                        warn!(backend = %m.address, vip = %m.vip, error = %e, "next hop lost; the backend leaves the ring until it resolves");
+                        m.unresolved = Some(e.0);
+                        reapply = true;
                     }
-                    m.unresolved = Some(e.0);
                 }
             }
         }
-        changed
+        reapply
     }
 
     /// Remove map entries the saved state does not account for (a crash between a map write
@@ -715,6 +848,70 @@ impl State {
             removing,
             unresolved,
         }
+    }
+}
+
+/// A change ready to be planned: see `State::prepare`.
+pub struct Prepared {
+    generation: u64,
+    new: Config,
+    removal: Removal,
+    resolved: Resolved,
+    alloc: ids::Allocation,
+    nexthops: HashMap<u32, Result<NextHop, Unreachable>>,
+    health: HashMap<u32, Health>,
+    published: Published,
+    single_ingress: Option<u32>,
+    capture: bool,
+    nr_cpus: u16,
+}
+
+/// A planned change: see `State::apply_planned`.
+pub struct Planned {
+    generation: u64,
+    new: Config,
+    removal: Removal,
+    resolved: Resolved,
+    plan: Plan,
+}
+
+impl Planned {
+    /// The rings this plan publishes (to be filled ahead of the writes).
+    pub fn ring_tables(&self) -> Vec<std::sync::Arc<Vec<u32>>> {
+        self.plan
+            .rings
+            .values()
+            .filter_map(|r| match r {
+                plan::RingPlan::Build { table, .. } => Some(table.clone()),
+                plan::RingPlan::Keep => None,
+            })
+            .collect()
+    }
+}
+
+impl Prepared {
+    /// The Maglev builds and the rest of the plan: pure, any thread.
+    pub fn plan(self) -> Result<Planned, ApplyError> {
+        let plan = plan::plan(
+            &self.new,
+            self.alloc,
+            &plan::Inputs {
+                nexthops: &self.nexthops,
+                health: &self.health,
+                published: &self.published,
+                single_ingress: self.single_ingress,
+                capture: self.capture,
+                nr_cpus: self.nr_cpus,
+            },
+        )
+        .map_err(|e| ApplyError::Refused(e.0))?;
+        Ok(Planned {
+            generation: self.generation,
+            new: self.new,
+            removal: self.removal,
+            resolved: self.resolved,
+            plan,
+        })
     }
 }
 

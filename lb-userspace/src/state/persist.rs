@@ -35,6 +35,9 @@ pub struct AttachedIface {
     pub name: String,
     pub requested: AttachMode,
     pub mode: AttachMode,
+    /// The interface's index when attached; `None`: the interface is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +54,9 @@ pub enum PersistError {
         #[source]
         source: std::io::Error,
     },
-    #[error("state file {path}: {source}")]
+    #[error(
+        "state file {path}: {source}. Move it aside to start from the configuration file (the daemon then writes a new one; backend ids may change once, re-picking tracked flows)"
+    )]
     Corrupt {
         path: PathBuf,
         #[source]

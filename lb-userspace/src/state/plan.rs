@@ -81,8 +81,9 @@ pub struct Plan {
 
 /// Everything a plan is made from besides the configuration and its ids.
 pub struct Inputs<'a> {
-    /// Next hop of every member id of the allocation.
-    pub nexthops: &'a HashMap<u32, NextHop>,
+    /// Next hop of every member id of the allocation, or why it is unknown (the member is
+    /// then published down and left out of the rings until it resolves).
+    pub nexthops: &'a HashMap<u32, Result<NextHop, Unreachable>>,
     /// Recorded health (members without a record start as their check says).
     pub health: &'a HashMap<u32, Health>,
     pub published: &'a Published,
@@ -163,13 +164,37 @@ pub fn plan(new: &Config, alloc: Allocation, inp: &Inputs) -> Result<Plan, PlanE
     // Backend values: address, next hop, egress port, the VIP they belong to.
     let mut tx_ports = inp.published.tx_ports.clone();
     let mut members = BTreeMap::new();
+    let mut unresolved = BTreeSet::new();
     for (vip, addr, id) in &ids.backends {
         if !fwd.contains_key(vip) {
             continue;
         }
-        let Some(nh) = inp.nexthops.get(id) else {
-            errs.push(format!("{vip} backend {addr}: no next hop"));
-            continue;
+        let nh = match inp.nexthops.get(id) {
+            Some(Ok(nh)) => nh,
+            other => {
+                let reason = match other {
+                    Some(Err(e)) => e.0.clone(),
+                    _ => "next hop not resolved".to_string(),
+                };
+                unresolved.insert(*id);
+                members.insert(
+                    *id,
+                    Member {
+                        vip: *vip,
+                        address: *addr,
+                        value: Backend {
+                            addr: Addr::from(*addr),
+                            family: family_of(addr),
+                            state: BACKEND_F_DOWN,
+                            vip: ids.vip_id(vip).map_or(0, Backend::vip_tag),
+                            ..Backend::default()
+                        },
+                        nexthop: None,
+                        unresolved: Some(reason),
+                    },
+                );
+                continue;
+            }
         };
         let tx_port = if Some(nh.ifindex) == inp.single_ingress {
             0
@@ -238,7 +263,12 @@ pub fn plan(new: &Config, alloc: Allocation, inp: &Inputs) -> Result<Plan, PlanE
         let size = new.ring_size(v);
         let member = |b: &BackendConfig, healthy_only: bool| {
             let id = *by_member.get(&(v.id(), b.address))?;
-            if b.drain || b.weight == 0 || (healthy_only && down.contains(&id)) {
+            // An unreachable backend takes nothing, not even as a fallback.
+            if b.drain
+                || b.weight == 0
+                || unresolved.contains(&id)
+                || (healthy_only && down.contains(&id))
+            {
                 return None;
             }
             Some(MaglevBackend {

@@ -276,6 +276,13 @@ fn removing_a_vip_unpublishes_it_before_the_filter_shrinks_and_backends_go_down(
     let names = r.maps.names(m);
     let unvip = position(&names, "unvip");
     assert!(unvip < last_position(&names, "filter"), "{names:?}");
+    let b = r.state.published().rings.contains_key(&1);
+    assert!(!b, "the removed VIP's ring is forgotten");
+    assert!(
+        unvip < position(&names, "unring 1"),
+        "and dropped after it: {names:?}"
+    );
+    assert!(!r.maps.rings.contains_key(&1), "its kernel memory freed");
     assert!(
         unvip < position(&names, &format!("down {only}")),
         "{names:?}"
@@ -622,6 +629,10 @@ fn a_failed_write_restores_the_previous_maps_state_and_file() {
         .try_apply(c, Removal::Drain)
         .expect_err("injected failure");
     assert!(matches!(e, ApplyError::Dataplane(_)), "{e}");
+    assert!(
+        e.to_string().starts_with("nothing applied, rolled back:"),
+        "{e}"
+    );
     r.maps.fail_at = None;
     assert_eq!(r.state.cfg(), &two_vips());
     assert_eq!(r.maps.vips, vips, "VIPs as before");
@@ -670,7 +681,7 @@ fn the_daemon_section_only_changes_with_a_restart() {
 }
 
 #[test]
-fn an_unresolvable_next_hop_refuses_the_change_before_any_write() {
+fn an_unresolvable_next_hop_takes_the_backend_out_and_applies_the_rest() {
     let mut r = Rig::new();
     r.apply(two_vips());
     let mut c = two_vips();
@@ -680,22 +691,65 @@ fn an_unresolvable_next_hop_refuses_the_change_before_any_write() {
         drain: false,
         health: None,
     });
+    c.vips[1].backends[1].weight = 2;
     let mut resolved = resolve(&r.state.missing_nexthops(&c));
     resolved.insert(
         (ip("10.1.9.9"), false),
         Err(Unreachable("did not answer ARP/ND".into())),
     );
-    let m = r.mark();
     let (state, mut env) = r.split();
-    let e = state
+    let rep = state
         .apply(&mut env, c, Removal::Drain, &resolved)
-        .expect_err("refused");
+        .expect("applied all the same");
     assert!(
-        e.to_string()
-            .contains("10.100.0.1:80/tcp backend 10.1.9.9: did not answer ARP/ND"),
-        "{e}"
+        rep.warnings
+            .iter()
+            .any(|w| w.contains("10.100.0.1:80/tcp backend 10.1.9.9")
+                && w.contains("did not answer ARP/ND")),
+        "{:?}",
+        rep.warnings
     );
-    assert!(r.maps.names(m).is_empty());
+    let id = r.id(VIP_A, "10.1.9.9");
+    assert!(r.maps.backends[&id].is_down(), "published down");
+    assert!(!r.ring_members(VIP_A).contains(&id), "out of the ring");
+    assert_eq!(r.ring_members(VIP_A).len(), 3, "the others stay");
+    assert_eq!(
+        rep.rings_swapped, 1,
+        "the other VIP's weight change applied too"
+    );
+    let s = r.state.summary();
+    assert_eq!(
+        (s.unresolved, s.down),
+        (1, 0),
+        "unresolved, not health-down"
+    );
+    assert_eq!(r.state.counters().unresolved, 1);
+    // A health transition elsewhere does not ask for it again (the refresh does).
+    assert!(r.state.missing_nexthops(r.state.cfg()).is_empty());
+    r.set_health(VIP_A, "10.1.0.1", false);
+    // When it resolves again, it rejoins.
+    let (state, mut env) = r.split();
+    assert!(state.refresh_nexthops(&mut env, vec![(id, Ok(nexthop(ip("10.1.9.9"))))]));
+    let c = r.state.cfg().clone();
+    r.apply(c);
+    assert!(r.ring_members(VIP_A).contains(&id));
+    assert!(!r.maps.backends[&id].is_down());
+}
+
+#[test]
+fn a_vip_left_without_a_backend_is_said_so() {
+    let mut r = Rig::new();
+    r.apply(two_vips());
+    let mut c = two_vips();
+    c.vips[1].backends.clear();
+    let rep = r.apply(c);
+    assert!(
+        rep.warnings
+            .iter()
+            .any(|w| w.starts_with("10.100.0.2:53/udp: no backend takes new flows")),
+        "{:?}",
+        rep.warnings
+    );
 }
 
 #[test]
@@ -723,18 +777,30 @@ fn refreshed_next_hops_rewrite_changed_macs_and_report_losses() {
     let id = r.id(VIP_A, "10.1.0.1");
     let mut nh = nexthop(ip("10.1.0.1"));
     nh.dst_mac = [2, 0xaa, 0, 0, 0, 1];
-    let lost = r.id(VIP_A, "10.1.0.2");
     let m = r.mark();
     let (state, mut env) = r.split();
-    let changed = state.refresh_nexthops(
-        &mut env,
-        vec![(id, Ok(nh)), (lost, Err(Unreachable("gone".into())))],
+    assert!(
+        !state.refresh_nexthops(&mut env, vec![(id, Ok(nh))]),
+        "a new MAC is rewritten in place"
     );
-    assert_eq!(changed, 1);
     assert_eq!(r.maps.names(m), vec![format!("backend {id}")]);
     assert_eq!(r.maps.backends[&id].dst_mac, [2, 0xaa, 0, 0, 0, 1]);
+    // A lost next hop takes the backend out of the ring at the next apply.
+    let lost = r.id(VIP_A, "10.1.0.2");
+    let (state, mut env) = r.split();
+    assert!(state.refresh_nexthops(&mut env, vec![(lost, Err(Unreachable("gone".into())))]));
+    let c = r.state.cfg().clone();
+    r.apply(c);
+    assert!(!r.ring_members(VIP_A).contains(&lost));
+    assert!(r.maps.backends[&lost].is_down());
     assert_eq!(r.state.summary().unresolved, 1);
     assert_eq!(r.state.members()[&lost].unresolved.as_deref(), Some("gone"));
+    // Moved to another interface: applied again for its new egress port.
+    let mut moved = nexthop(ip("10.1.0.3"));
+    moved.ifindex = 3;
+    let third = r.id(VIP_A, "10.1.0.3");
+    let (state, mut env) = r.split();
+    assert!(state.refresh_nexthops(&mut env, vec![(third, Ok(moved))]));
 }
 
 #[test]
@@ -924,4 +990,101 @@ fn health_records_follow_the_members() {
         .expect("apply");
     let ids: HashMap<u32, bool> = r.state.health().iter().map(|(k, h)| (*k, h.up)).collect();
     assert_eq!(ids.len(), 1);
+}
+
+#[test]
+fn a_plan_made_before_a_health_transition_is_made_again() {
+    let mut r = Rig::new();
+    r.apply(with_quorum(1, QuorumLoss::KeepLast, &[]));
+    let mut c = r.state.cfg().clone();
+    c.vips[1].backends[0].weight = 2;
+    let resolved = resolve(&r.state.missing_nexthops(&c));
+    let (state, env) = r.split();
+    let prepared = state
+        .prepare(&env, c, Removal::Drain, resolved)
+        .expect("prepared");
+    // Meanwhile (the plan runs on another thread) a backend goes down.
+    let id = r.id(VIP_A, "10.1.0.3");
+    let now = r.now;
+    assert!(r.state.record_health(id, false, "test", now));
+    let planned = prepared.plan().expect("planned");
+    let (state, mut env) = r.split();
+    state.apply_planned(&mut env, planned).expect("applied");
+    assert!(
+        !r.ring_members(VIP_A).contains(&id),
+        "the transition is not lost: the stale plan was made again"
+    );
+    assert!(r.maps.backends[&id].is_down());
+}
+
+#[test]
+fn ids_running_out_is_said_once_per_vip() {
+    let mut r = Rig::new();
+    let mut c = config(vec![vip("10.100.0.1:80/tcp", &[])]);
+    let many = |from: u32, n: u32| -> Vec<BackendConfig> {
+        (from..from + n)
+            .map(|i| BackendConfig {
+                address: IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i)),
+                weight: 1,
+                drain: false,
+                health: None,
+            })
+            .collect()
+    };
+    let max = lb_common::MAX_BACKENDS - 1;
+    c.vips[0].ring_size = Some(163_841);
+    c.vips[0].backends = many(1, max);
+    r.apply(c.clone());
+    // Replacing them all while the old ones drain needs ids nobody can give.
+    c.vips[0].backends = many(100_000, 500);
+    let e = r
+        .try_apply(c, Removal::Drain)
+        .expect_err("no ids")
+        .to_string();
+    assert_eq!(e.matches("no free backend id").count(), 1, "{e}");
+    assert!(
+        e.contains("no free backend id for 500 new backend(s)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_interface_gone_or_re_created_is_noticed_and_counted() {
+    let mut r = Rig::new();
+    r.apply(two_vips());
+    assert_eq!(r.state.attached()[0].ifindex, Some(2));
+    let check = |r: &mut Rig, index: Option<u32>| {
+        let clock = Clock {
+            now: r.now,
+            unix_ms: r.unix_ms,
+            mono_ns: r.mono_ns,
+        };
+        let lookup = move |_: &str| index;
+        let env = Env {
+            maps: &mut r.maps,
+            store: &mut r.store,
+            ifindex: &lookup,
+            clock,
+        };
+        r.state.check_interfaces(&env)
+    };
+    assert!(!check(&mut r, Some(2)), "unchanged");
+    assert_eq!(r.state.counters().interfaces_lost, 0);
+    assert!(!check(&mut r, None), "gone: nothing to attach to yet");
+    assert_eq!(r.state.counters().interfaces_lost, 1);
+    assert!(
+        check(&mut r, Some(9)),
+        "back under a new index: attach again"
+    );
+    assert_eq!(
+        r.state.counters().interfaces_lost,
+        1,
+        "its return is no loss"
+    );
+    assert!(check(&mut r, Some(10)), "re-created at once");
+    assert_eq!(r.state.counters().interfaces_lost, 2);
+    assert!(
+        !r.state.published().links.contains_key("eth0"),
+        "to be attached again"
+    );
 }
