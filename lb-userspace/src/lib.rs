@@ -16,6 +16,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod nexthop;
 pub mod replay;
+pub mod routes;
 pub mod state;
 
 /// The XDP object built from `lb-ebpf` by this crate's build script.

@@ -47,6 +47,43 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// `xlb_vip_announced{vip}` and the announcement counters.
+fn announcements(r: &mut Registry, a: &crate::api::AnnounceView) {
+    let announced = Family::<Labels, Gauge<i64>>::default();
+    for addr in &a.addresses {
+        for v in &addr.vips {
+            announced
+                .get_or_create(&l(&[("vip", v)]))
+                .set(addr.announced.into());
+        }
+    }
+    r.register(
+        "vip_announced",
+        "1 while the VIP's address route is in the announce table (exported by the routing daemon).",
+        announced,
+    );
+    for (name, help, v) in [
+        ("announces", "VIP addresses announced.", a.announces),
+        ("withdraws", "VIP addresses withdrawn.", a.withdraws),
+        (
+            "announce_errors",
+            "Failed route writes (retried every second).",
+            a.route_errors,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    }
+    let drained = Gauge::<i64>::default();
+    drained.set(a.node_drained.into());
+    r.register(
+        "node_drained",
+        "1 while the node is drained (`xlb drain-node`): nothing announced.",
+        drained,
+    );
+}
+
 /// The text exposition of every metric, as of now.
 pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     let st = &m.status;
@@ -230,6 +267,9 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
                 mttr.get_or_create(&lb).set(x);
             }
         }
+    }
+    if let Some(a) = &st.announce {
+        announcements(&mut r, a);
     }
     for r in &m.stats.reasons {
         let lr = l(&[("reason", &r.reason)]);

@@ -216,12 +216,12 @@ pub fn short_tcp(
     port: u16,
     from: Option<Ipv4Addr>,
 ) -> HashMap<String, usize> {
-    burst(client, n, move || socket2_free_connect(from, port))
+    burst(client, n, move || connect_from(from, port))
 }
 
 /// Connect to the VIP from `from` (any address when `None`) without an extra crate: bind a
 /// socket through libc, then hand it to std.
-fn socket2_free_connect(from: Option<Ipv4Addr>, port: u16) -> std::io::Result<TcpStream> {
+pub fn connect_from(from: Option<Ipv4Addr>, port: u16) -> std::io::Result<TcpStream> {
     let Some(src) = from else {
         return TcpStream::connect_timeout(&(VIP, port).into(), Duration::from_secs(2));
     };

@@ -336,7 +336,8 @@ name = "lc"
                 .find(|r| r["address"] == addr)
                 .cloned()
                 .expect("backend listed");
-            if row["state"] == state {
+            // The state is recorded before the change it causes reaches the maps.
+            if row["state"] == state && self.json(&["status"])["changes_pending"] == 0 {
                 return t0.elapsed();
             }
             assert!(

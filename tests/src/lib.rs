@@ -5,6 +5,7 @@ pub mod clients;
 pub mod echo;
 pub mod expect;
 pub mod fixture;
+pub mod fleet;
 pub mod frames;
 pub mod lab;
 pub mod lb;

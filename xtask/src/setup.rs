@@ -11,8 +11,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{cmd, cmd_ok, cmd_stdout, ebpf_toolchain};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// tcpdump: an independent reader of what `xlb capture` writes (capture tests).
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "tcpdump"];
+/// tcpdump: an independent reader of what `xlb capture` writes (capture tests). bird2: the
+/// routing daemon of the fleet tests and demo (BGP + BFD on every node and the router).
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "tcpdump", "bird2"];
 
 pub fn run() -> Result<()> {
     let toolchain = ebpf_toolchain()?;
@@ -125,9 +126,17 @@ fn ensure_apt_packages() -> Result<()> {
     }
     eprintln!("setup: apt-get install {}", missing.join(" "));
     cmd("apt-get", &["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    cmd("apt-get", &args)
+    let status = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        // No prompts: this runs unattended on CI.
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {} failed: {status}", missing.join(" "));
+    }
+    Ok(())
 }
 
 /// Pinning (hitless restart) needs bpffs at /sys/fs/bpf.

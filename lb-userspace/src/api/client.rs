@@ -12,8 +12,9 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    API_VERSION, ApplyReport, CaptureFilter, CaptureStarted, CaptureStopped, Envelope, ExplainView,
-    ExportView, FlowsView, MetricsView, Request, Response, StatsView, StatusView,
+    API_VERSION, AnnounceView, ApplyReport, CaptureFilter, CaptureStarted, CaptureStopped,
+    Envelope, ExplainView, ExportView, FlowsView, MetricsView, Request, Response, StatsView,
+    StatusView,
     view::{BackendView, VipView},
 };
 use crate::config::{Protocol, VipRef};
@@ -109,6 +110,14 @@ impl Client {
     }
     pub fn stats(&self) -> Result<StatsView, ClientError> {
         self.call(Request::Stats)
+    }
+    /// Drain or undrain the node; answered with what is announced afterwards.
+    pub fn drain_node(&self, drain: bool) -> Result<AnnounceView, ClientError> {
+        self.call(if drain {
+            Request::DrainNode
+        } else {
+            Request::UndrainNode
+        })
     }
     pub fn metrics(&self) -> Result<MetricsView, ClientError> {
         self.call(Request::Metrics)

@@ -92,6 +92,11 @@ pub enum Request {
     CaptureStop {
         session: u32,
     },
+    /// Withdraw every VIP address this node announces and keep forwarding what still arrives
+    /// (maintenance); saved across restarts.
+    DrainNode,
+    /// Announce again what serves.
+    UndrainNode,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

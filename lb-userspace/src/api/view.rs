@@ -138,9 +138,49 @@ pub struct StatusView {
     pub conntrack_evictions: u64,
     pub applies: u64,
     pub ring_rebuilds: u64,
+    /// Changes (edits, health transitions) queued or being planned, not yet in the maps.
+    #[serde(default)]
+    pub changes_pending: usize,
     /// The running capture (`xlb capture`): it costs the forwarder a copy per packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<String>,
+    /// Route announcements, when `[announce]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceView>,
+}
+
+/// What this node announces, and why not.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnnounceView {
+    pub table: u32,
+    pub protocol: u8,
+    /// `xlb drain-node`: nothing is announced until `xlb undrain-node`.
+    pub node_drained: bool,
+    /// Seconds left of the start-up hold.
+    pub hold_left_secs: u64,
+    pub announces: u64,
+    pub withdraws: u64,
+    /// Failed route writes (retried every second).
+    pub route_errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub addresses: Vec<AnnouncedView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AnnouncedView {
+    pub address: String,
+    pub vips: Vec<String>,
+    /// Its route is in the kernel table (what the routing daemon exports).
+    pub announced: bool,
+    /// The daemon wants it announced (differs from `announced` only while a write is pending
+    /// or failing).
+    pub wanted: bool,
+    /// Why it is not announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds since it was last announced or withdrawn.
+    pub since_secs: u64,
 }
 
 #[cfg(test)]
@@ -171,7 +211,9 @@ impl StatusView {
             conntrack_evictions: 0,
             applies: 0,
             ring_rebuilds: 0,
+            changes_pending: 0,
             capture: None,
+            announce: None,
         }
     }
 }

@@ -93,8 +93,8 @@ fn lock_held(path: &std::path::Path) -> bool {
 }
 
 pub fn detach(a: DetachArgs) -> Result<()> {
-    let (pin_dir, state_file, lock) = match (&a.pin_dir, &a.config) {
-        (Some(dir), _) => (dir.clone(), None, None),
+    let (pin_dir, state_file, lock, announce) = match (&a.pin_dir, &a.config) {
+        (Some(dir), _) => (dir.clone(), None, None, None),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 anyhow::anyhow!(
@@ -109,6 +109,7 @@ pub fn detach(a: DetachArgs) -> Result<()> {
                 d.pin_dir,
                 Some(d.state_file),
                 Some(d.socket.with_extension("lock")),
+                cfg.announce,
             )
         }
         (None, None) => {
@@ -121,6 +122,7 @@ pub fn detach(a: DetachArgs) -> Result<()> {
                 d.pin_dir,
                 Some(d.state_file),
                 Some(d.socket.with_extension("lock")),
+                cfg.announce,
             )
         }
     };
@@ -138,6 +140,13 @@ pub fn detach(a: DetachArgs) -> Result<()> {
         );
     }
     let removed = pin::remove_all(&pin_dir)?;
+    if let Some(a) = &announce {
+        match withdraw_all(a) {
+            Ok(0) => {}
+            Ok(n) => println!("withdrew {n} VIP route(s) from table {}", a.table),
+            Err(e) => eprintln!("xlb: warning: VIP routes in table {}: {e}", a.table),
+        }
+    }
     if let Some(f) = &state_file {
         let _ = std::fs::remove_file(f);
     }
@@ -156,4 +165,19 @@ pub fn detach(a: DetachArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Delete every VIP route xlb left in `a.table` (a daemon that was killed leaves them).
+fn withdraw_all(a: &crate::config::Announce) -> Result<usize> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let routes = crate::routes::KernelRoutes::new()?;
+        let found = routes.list(a).await?;
+        for addr in &found {
+            routes.del(a, *addr).await?;
+        }
+        Ok(found.len())
+    })
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod decap;
 pub mod loadgen;
+pub mod node;
 pub mod output;
 pub mod show;
 pub mod vip;
@@ -62,6 +63,14 @@ enum Command {
     /// Export or check configuration.
     #[command(subcommand)]
     Config(config::ConfigCmd),
+    /// Withdraw every VIP address this node announces (maintenance); forwarding continues for
+    /// what still arrives. Kept across restarts until `undrain-node`.
+    DrainNode(node::DrainArgs),
+    /// Announce again every VIP address that serves.
+    UndrainNode {
+        #[command(flatten)]
+        o: OutputArg,
+    },
     /// Interfaces, attach mode, program ids, VIP and backend counts.
     Status {
         #[command(flatten)]
@@ -134,6 +143,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backend(c) => backend::run(&client, c),
         Command::Apply { file, now, force } => config::apply(&client, &file, now, force),
         Command::Config(c) => config::run(&client, c),
+        Command::DrainNode(a) => node::drain(&client, a),
+        Command::UndrainNode { o } => node::undrain(&client, o),
         Command::Status { o } => show::status(&client, o),
         Command::Stats { o, watch } => show::stats(&client, o, watch),
         Command::Flows { vip, limit, o } => show::flows(&client, vip, limit, o),

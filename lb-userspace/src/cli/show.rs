@@ -79,6 +79,36 @@ fn render_status(s: &StatusView) -> String {
     if let Some(c) = &s.capture {
         line(format!("capture running: {c}"));
     }
+    if let Some(a) = &s.announce {
+        let mut head = format!(
+            "announce (table {}, proto {}): {} announced, {} withdrawn since start",
+            a.table, a.protocol, a.announces, a.withdraws
+        );
+        if a.node_drained {
+            head += "; NODE DRAINED (`xlb undrain-node`)";
+        }
+        if a.hold_left_secs > 0 {
+            let _ = write!(head, "; holding {} s more after start", a.hold_left_secs);
+        }
+        line(head);
+        for x in &a.addresses {
+            let state = match (x.announced, x.wanted) {
+                (true, true) => "announced".to_string(),
+                (false, false) => format!("not announced: {}", x.reason.as_deref().unwrap_or("-")),
+                (false, true) => "announcing (route write pending)".to_string(),
+                (true, false) => "withdrawing (route write pending)".to_string(),
+            };
+            line(format!(
+                "  {} ({}): {state}, {} s",
+                x.address,
+                x.vips.join(", "),
+                x.since_secs
+            ));
+        }
+        if let Some(e) = &a.last_error {
+            line(format!("  route writes failing: {e}"));
+        }
+    }
     line(format!(
         "conntrack {} of {} flows (one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
         s.conntrack_entries,
@@ -87,6 +117,12 @@ fn render_status(s: &StatusView) -> String {
         s.applies,
         s.ring_rebuilds
     ));
+    if s.changes_pending > 0 {
+        line(format!(
+            "{} change(s) not yet in the maps (being planned)",
+            s.changes_pending
+        ));
+    }
     out
 }
 

@@ -147,15 +147,17 @@ impl Config {
         }
     }
 
-    /// A document for `xlb apply`: without a `[daemon]` table, `running`'s settings stand.
+    /// A document for `xlb apply`: without a `[daemon]` or `[announce]` table, `running`'s
+    /// settings stand (a file of VIPs alone must not stop the node announcing).
     pub fn parse_apply(text: &str, running: &Config) -> Result<Config, ConfigError> {
-        let has_daemon = text
-            .parse::<toml::Table>()
-            .map(|t| t.contains_key("daemon"))
-            .unwrap_or(false);
+        let tables = text.parse::<toml::Table>().ok();
+        let has = |k: &str| tables.as_ref().is_some_and(|t| t.contains_key(k));
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError(vec![e.to_string()]))?;
-        if !has_daemon {
+        if !has("daemon") {
             cfg.daemon = running.daemon.clone();
+        }
+        if !has("announce") {
+            cfg.announce = running.announce.clone();
         }
         cfg.validate()?;
         Ok(cfg)

@@ -32,6 +32,45 @@ pub struct Config {
     pub interfaces: Vec<Interface>,
     #[serde(default, rename = "vip", skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<Vip>,
+    /// Route announcements: present, the daemon writes a route per VIP address it can serve
+    /// into a kernel table that a routing daemon (BIRD) exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
+}
+
+/// How VIP addresses are announced: as `/32` and `/128` routes on `interface` in kernel table
+/// `table`, marked with route protocol `protocol`, which a routing daemon learns and exports
+/// (BIRD: `protocol kernel { kernel table 100; learn; }`). Withdrawing is deleting the route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Announce {
+    pub table: u32,
+    /// Route protocol number of xlb's routes (`ip route ... proto N`): how xlb and the routing
+    /// daemon tell them from everyone else's.
+    pub protocol: u8,
+    /// The interface the routes point at.
+    pub interface: String,
+    /// A VIP address is announced only after every VIP on it has served (backends in its ring,
+    /// quorum met) for this long.
+    pub min_up_secs: u32,
+    /// After the daemon starts: program the maps, then wait this long before announcing
+    /// anything new (routes a previous daemon left are kept).
+    pub hold_secs: u32,
+}
+
+/// xlb's route protocol number: free in iproute2's `rt_protos` and among routing daemons'.
+pub const ANNOUNCE_PROTOCOL_DEFAULT: u8 = 201;
+
+impl Default for Announce {
+    fn default() -> Self {
+        Announce {
+            table: 100,
+            protocol: ANNOUNCE_PROTOCOL_DEFAULT,
+            interface: "lo".into(),
+            min_up_secs: 5,
+            hold_secs: 5,
+        }
+    }
 }
 
 /// Settings that need a daemon restart to change.
@@ -293,6 +332,9 @@ pub enum QuorumLoss {
     KeepLast,
     /// Use the `fallback` backends.
     Fallback,
+    /// Stop announcing the VIP's address (`[announce]`): the routers send its traffic to the
+    /// nodes that still meet the quorum. The ring keeps the healthy backends for what arrives.
+    Withdraw,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

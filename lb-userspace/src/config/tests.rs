@@ -393,3 +393,81 @@ fn the_cli_spells_protocols_as_the_file_does() {
         assert!(e.contains("lowercase"), "{e}");
     }
 }
+
+#[test]
+fn the_example_announce_section_is_valid_and_the_defaults() {
+    let text = include_str!("../../../dist/xlb.toml");
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            let t = l.strip_prefix("# ").unwrap_or(l);
+            if t.starts_with("[announce]")
+                || ["table", "protocol", "interface", "min_up_secs", "hold_secs"]
+                    .iter()
+                    .any(|k| t.starts_with(&format!("{k} =")))
+            {
+                t
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(&uncommented).expect("announce example");
+    assert_eq!(c.announce, Some(Announce::default()));
+    assert!(Config::parse(text).expect("example").announce.is_none());
+}
+
+#[test]
+fn announce_settings_that_would_touch_the_kernels_routes_are_refused() {
+    for (bad, says) in [
+        ("table = 254", "announce.table: 254"),
+        ("table = 0", "announce.table: 0"),
+        ("protocol = 2", "announce.protocol: 2"),
+        ("protocol = 12", "BIRD's own"),
+        ("interface = \"\"", "announce.interface"),
+        ("interface = \"a/b\"", "announce.interface"),
+        ("min_up_secs = 3601", "announce.min_up_secs: 3601"),
+        ("hold_secs = 99999", "announce.hold_secs"),
+    ] {
+        let text = format!("{GOOD}\n[announce]\n{bad}\n");
+        let e = Config::parse(&text).expect_err(bad).to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let ok = Config::parse(&format!(
+        "{GOOD}\n[announce]\ntable = 200\nprotocol = 250\n"
+    ))
+    .expect("valid");
+    let a = ok.announce.expect("announce");
+    assert_eq!(
+        (a.table, a.protocol, a.interface.as_str()),
+        (200, 250, "lo")
+    );
+}
+
+#[test]
+fn withdraw_on_quorum_loss_needs_announce_and_a_quorum() {
+    let vip = GOOD.replace(
+        "hash = \"src-ip\"",
+        "hash = \"src-ip\"\non_quorum_loss = \"withdraw\"",
+    );
+    let e = Config::parse(&vip)
+        .expect_err("no announce, no quorum")
+        .to_string();
+    assert!(e.contains("needs an [announce] section"), "{e}");
+    assert!(e.contains("needs a quorum"), "{e}");
+    let with_quorum = vip.replace("hash = \"src-ip\"", "hash = \"src-ip\"\nquorum = 1");
+    let ok = Config::parse(&format!("{with_quorum}\n[announce]\n")).expect("valid");
+    assert_eq!(ok.vips[0].on_quorum_loss, QuorumLoss::Withdraw);
+}
+
+#[test]
+fn an_apply_without_announce_keeps_the_running_announcements() {
+    let running = Config::parse(&format!("{GOOD}\n[announce]\nmin_up_secs = 9\n")).expect("valid");
+    let applied = Config::parse_apply(GOOD, &running).expect("apply");
+    assert_eq!(applied.announce.expect("kept").min_up_secs, 9);
+    let changed = Config::parse_apply(&format!("{GOOD}\n[announce]\nhold_secs = 1\n"), &running)
+        .expect("apply");
+    let a = changed.announce.expect("new");
+    assert_eq!((a.min_up_secs, a.hold_secs), (5, 1));
+}

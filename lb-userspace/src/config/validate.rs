@@ -133,6 +133,9 @@ impl Config {
         if let Err(e) = check_pin_dir(&d.pin_dir) {
             errs.push(format!("daemon.pin_dir: {}: {e}", d.pin_dir.display()));
         }
+        if let Some(a) = &self.announce {
+            a.validate(&mut errs);
+        }
         if !d.metrics_listen.is_empty() && d.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {
             errs.push(format!(
@@ -222,6 +225,16 @@ impl Config {
                     ));
                 }
             }
+            if v.on_quorum_loss == QuorumLoss::Withdraw && self.announce.is_none() {
+                errs.push(format!(
+                    "{at}: on_quorum_loss = \"withdraw\" needs an [announce] section (nothing is announced to withdraw)"
+                ));
+            }
+            if v.on_quorum_loss == QuorumLoss::Withdraw && v.quorum.is_none() {
+                errs.push(format!(
+                    "{at}: on_quorum_loss = \"withdraw\" needs a quorum"
+                ));
+            }
             if v.on_quorum_loss == QuorumLoss::Fallback && v.fallback.is_empty() {
                 errs.push(format!(
                     "{at}: on_quorum_loss = \"fallback\" needs fallback backends"
@@ -259,6 +272,41 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(errs))
+        }
+    }
+}
+
+impl Announce {
+    fn validate(&self, errs: &mut Vec<String>) {
+        // 0 is no table; 253-255 are the kernel's default, main and local tables.
+        if self.table == 0 || (253..=255).contains(&self.table) {
+            errs.push(format!(
+                "announce.table: {} is a table the kernel routes by (main, local, default) or none; use a dedicated one such as 100",
+                self.table
+            ));
+        }
+        // 0-4 are the kernel's own (unspec, redirect, kernel, boot, static); 12 is BIRD's,
+        // which BIRD never learns back.
+        if self.protocol <= 4 || self.protocol == 12 {
+            errs.push(format!(
+                "announce.protocol: {} is reserved (0-4 are the kernel's, 12 is BIRD's own); the default is {}",
+                self.protocol,
+                super::ANNOUNCE_PROTOCOL_DEFAULT
+            ));
+        }
+        if self.interface.is_empty() || self.interface.len() > 15 || self.interface.contains('/') {
+            errs.push(format!(
+                "announce.interface: {:?} is not an interface name",
+                self.interface
+            ));
+        }
+        for (k, v) in [
+            ("min_up_secs", self.min_up_secs),
+            ("hold_secs", self.hold_secs),
+        ] {
+            if v > 3600 {
+                errs.push(format!("announce.{k}: {v} is over 3600"));
+            }
         }
     }
 }

@@ -37,6 +37,10 @@ impl Owner {
                     Err(e) => Response::err(e),
                 }
             }
+            Request::DrainNode | Request::UndrainNode => {
+                let drain = matches!(req, Request::DrainNode);
+                self.drain_node(drain)
+            }
             Request::CaptureRenew { session } => {
                 match capture::renew(&mut self.lease, session, Instant::now()) {
                     Ok(()) => Response::ok(serde_json::Value::Null),
@@ -58,6 +62,39 @@ impl Owner {
         let _ = reply.send(answer);
     }
 
+    /// `xlb drain-node` / `undrain-node`: saved, then announcements decided again at once.
+    fn drain_node(&mut self, drain: bool) -> Response {
+        if self.state.cfg().announce.is_none() {
+            return Response::err(
+                "this daemon announces nothing (no [announce] section): withdraw the node from the routers yourself",
+            );
+        }
+        let mut env = effects!(self);
+        if let Err(e) = self.state.set_node_drained(&mut env, drain) {
+            return Response::err(e);
+        }
+        if drain {
+            tracing::warn!(
+                "node drained: withdrawing every VIP address; forwarding continues for what still arrives"
+            );
+        } else {
+            tracing::info!("node undrained: announcing what serves");
+        }
+        self.announce();
+        match self.announce_view() {
+            Some(v) => Response::of(&v),
+            None => Response::err("no [announce] section"),
+        }
+    }
+
+    pub(super) fn announce_view(&self) -> Option<crate::api::AnnounceView> {
+        let settings = self.state.cfg().announce.as_ref()?;
+        Some(
+            self.announce
+                .view(settings, self.state.node_drained(), Instant::now()),
+        )
+    }
+
     fn query(&self, req: Request) -> Response {
         let c = Ctx {
             state: &self.state,
@@ -68,6 +105,8 @@ impl Owner {
             occupancy: &self.occupancy,
             now: Instant::now(),
             mono_ns: monotonic_coarse_ns(),
+            announce: self.announce_view(),
+            pending: self.pending(),
         };
         match req {
             Request::Status => Response::of(&query::status(&c)),

@@ -5,6 +5,7 @@
 //! removes them.
 
 mod admin;
+pub mod announce;
 pub mod capture;
 mod handlers;
 mod housekeeping;
@@ -211,9 +212,38 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     }
 
+    // Routes a daemon that did not stop cleanly left are adopted: they stay announced while
+    // their VIPs serve, so a crash-restart does not withdraw a healthy node.
+    let routes = crate::routes::KernelRoutes::new()?;
+    let mut announcer = crate::state::announce::Announcer::new(Instant::now());
+    let mut present = Default::default();
+    if let Some(a) = &state.cfg().announce {
+        match routes.list(a).await {
+            Ok(found) => {
+                if !found.is_empty() {
+                    info!(addresses = ?found, table = a.table, "adopting VIP routes left by the previous daemon");
+                }
+                announcer.adopt(found.iter().copied(), Instant::now());
+                present = found;
+            }
+            Err(e) => warn!(error = %e, "listing VIP routes"),
+        }
+    }
+    let (routes_tx, routes_rx) = tokio::sync::watch::channel(announce::Wanted {
+        settings: state.cfg().announce.clone(),
+        addrs: present.clone(),
+    });
+
     let listener = server::bind(&d.socket, d.socket_group.as_deref())?;
     let api = Arc::new(ApiCounters::default());
     let (tx, rx) = mpsc::channel(1024);
+    let route_task = tokio::spawn(announce::run(
+        routes,
+        state.cfg().announce.clone(),
+        present.clone(),
+        routes_rx,
+        tx.clone(),
+    ));
     let (health_tx, mut health_rx) = mpsc::channel(1024);
     let owner = owner::Owner::new(
         state,
@@ -222,6 +252,7 @@ pub async fn run(opts: Options) -> Result<()> {
         node,
         Monitor::new(health_tx),
         resolver,
+        announce::Announcements::new(announcer, present, routes_tx),
         tx.clone(),
     );
     let owner_task = tokio::spawn(owner.run(rx));
@@ -274,6 +305,13 @@ pub async fn run(opts: Options) -> Result<()> {
         let _ = done.await;
     }
     let _ = owner_task.await;
+    // The owner is gone with its sender: the route task writes the last (empty) set and ends.
+    if tokio::time::timeout(Duration::from_secs(3), route_task)
+        .await
+        .is_err()
+    {
+        warn!("withdrawing VIP routes took over 3 s; some may remain");
+    }
     drop(pin_lock);
     let _ = std::fs::remove_file(&lock_path);
     drop(lock_file);

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use super::{
+    announce::{Announcements, Wanted},
     capture::{self, Lease},
     occupancy::Occupancy,
     query::{self, Node, Sampler},
@@ -45,6 +46,8 @@ pub enum Command {
     Ready {
         reply: oneshot::Sender<Readiness>,
     },
+    /// What the route task found in the kernel table after its writes.
+    Routes(super::announce::Report),
     /// Stop; with `detach`, remove the forwarder, its pins and the saved state.
     Shutdown {
         detach: bool,
@@ -148,6 +151,7 @@ pub struct Owner {
     pub(super) occupancy: Occupancy,
     pub(super) monitor: Monitor,
     pub(super) resolver: Arc<Resolver>,
+    pub(super) announce: Announcements,
     /// For spawned tasks to report back.
     pub(super) tx: mpsc::Sender<Command>,
     queue: VecDeque<Job>,
@@ -178,6 +182,7 @@ impl Owner {
         node: Node,
         monitor: Monitor,
         resolver: Arc<Resolver>,
+        announce: Announcements,
         tx: mpsc::Sender<Command>,
     ) -> Owner {
         Owner {
@@ -190,6 +195,7 @@ impl Owner {
             occupancy: Occupancy::default(),
             monitor,
             resolver,
+            announce,
             tx,
             queue: VecDeque::new(),
             waiting: false,
@@ -199,6 +205,7 @@ impl Owner {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         self.sync_probes();
+        self.announce();
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Request { req, reply } => self.request(*req, reply),
@@ -234,6 +241,7 @@ impl Owner {
                         self.pump();
                     }
                 }
+                Command::Routes(r) => self.announce.report(r),
                 Command::Ready { reply } => {
                     let _ = reply.send(Readiness {
                         applied: self.state.counters().applies > 0,
@@ -247,6 +255,11 @@ impl Owner {
                 }
             }
         }
+    }
+
+    /// Changes queued or in flight, not yet in the maps.
+    pub(super) fn pending(&self) -> usize {
+        self.queue.len() + usize::from(self.waiting)
     }
 
     /// Queue a change and start on the queue.
@@ -352,6 +365,7 @@ impl Owner {
         };
         job.answer(response);
         self.sync_probes();
+        self.announce();
     }
 
     fn health(&mut self, t: Transition) {
@@ -407,6 +421,8 @@ impl Owner {
             });
         self.sampler.record(Instant::now(), snap);
         self.sync_probes();
+        // Holds and min_up periods end with the clock.
+        self.announce();
     }
 
     fn refresh(&mut self) {
@@ -437,7 +453,31 @@ impl Owner {
             .sync(targets, |id| health.get(&id).is_none_or(|h| h.up));
     }
 
+    /// Decide announcements again and hand them to the route task.
+    pub(super) fn announce(&mut self) {
+        let cfg = self.state.cfg();
+        let addrs = match &cfg.announce {
+            Some(settings) => self.announce.announcer.evaluate(
+                settings,
+                &self.state.serving(),
+                self.state.node_drained(),
+                Instant::now(),
+            ),
+            None => Default::default(),
+        };
+        self.announce.want(Wanted {
+            settings: cfg.announce.clone(),
+            addrs,
+        });
+    }
+
     fn shutdown(&mut self, detach: bool) {
+        // A stopped node attracts no traffic: its routes go (a killed one leaves them, and
+        // the routers' BFD or hold timers take it out).
+        self.announce.want(Wanted {
+            settings: self.state.cfg().announce.clone(),
+            addrs: Default::default(),
+        });
         // A capture nobody will read any more must not keep costing the forwarder.
         if let Some(session) = self.lease.as_ref().map(|l| l.session) {
             let mut env = effects!(self);

@@ -13,8 +13,9 @@ use lb_common::{
 use super::{capture::Lease, occupancy::Occupancy};
 use crate::{
     api::{
-        Availability, BackendStatsView, BackendView, ExplainView, FlowView, FlowsView, IfaceView,
-        MetricsView, ReasonView, StatsView, StatusView, VipStatsView, VipView,
+        AnnounceView, Availability, BackendStatsView, BackendView, ExplainView, FlowView,
+        FlowsView, IfaceView, MetricsView, ReasonView, StatsView, StatusView, VipStatsView,
+        VipView,
     },
     config::{Protocol, VipRef},
     state::{Maps, State, health},
@@ -41,6 +42,10 @@ pub struct Ctx<'a> {
     pub now: Instant,
     /// `CLOCK_MONOTONIC_COARSE` in ns, for flow idle times.
     pub mono_ns: u64,
+    /// Route announcements, when configured.
+    pub announce: Option<AnnounceView>,
+    /// Changes queued or in flight (edits, health transitions) not yet in the maps.
+    pub pending: usize,
 }
 
 /// Counter samples for rates.
@@ -149,8 +154,10 @@ pub fn status(c: &Ctx) -> StatusView {
         conntrack_entries: c.occupancy.entries(),
         conntrack_evictions: c.occupancy.evictions,
         capture: c.capture.map(Lease::describe),
+        announce: c.announce.clone(),
         applies: n.applies,
         ring_rebuilds: n.ring_rebuilds,
+        changes_pending: c.pending,
     }
 }
 
@@ -616,6 +623,8 @@ mod tests {
                 occupancy: &self.occupancy,
                 now,
                 mono_ns: NOW_NS,
+                announce: None,
+                pending: 0,
             }
         }
     }

@@ -3,6 +3,7 @@
 //! the saved state (`persist`). Effects go through two seams, `Maps` (the kernel) and `Store`
 //! (the state file), so every rule here is a unit test against `fake`.
 
+pub mod announce;
 pub mod diff;
 pub mod fake;
 pub mod health;
@@ -118,6 +119,9 @@ pub struct State {
     health: HashMap<u32, Health>,
     below_quorum: BTreeSet<VipRef>,
     seeded_from: Option<String>,
+    /// The node is drained (`xlb drain-node`): it announces nothing, and stays so across
+    /// restarts until `xlb undrain-node`.
+    node_drained: bool,
     capture: bool,
     nr_cpus: u16,
     started: Instant,
@@ -141,6 +145,7 @@ impl State {
             health: HashMap::new(),
             below_quorum: BTreeSet::new(),
             seeded_from: None,
+            node_drained: false,
             capture: false,
             nr_cpus,
             started,
@@ -161,6 +166,51 @@ impl State {
                 .insert(*id, Health::new(false, "down before the restart", now));
         }
         self.seeded_from = saved.seeded_from.clone();
+        self.node_drained = saved.node_drained;
+    }
+
+    pub fn node_drained(&self) -> bool {
+        self.node_drained
+    }
+
+    /// Drain or undrain the node, saved at once so a restart keeps it.
+    pub fn set_node_drained(&mut self, env: &mut Env, drained: bool) -> Result<(), PersistError> {
+        let was = self.node_drained;
+        self.node_drained = drained;
+        if let Err(e) = env.store.save(&self.saved()) {
+            self.node_drained = was;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether each VIP can take traffic here, or why not: the input of announcements.
+    pub fn serving(&self) -> Vec<(VipRef, announce::Serving)> {
+        self.cfg
+            .vips
+            .iter()
+            .map(|v| {
+                let id = v.id();
+                let members = self
+                    .ids
+                    .vip_id(&id)
+                    .and_then(|vid| self.published.rings.get(&vid))
+                    .map_or(0, |r| r.members.len());
+                let serving = if members == 0 {
+                    Err("no backend takes new flows".to_string())
+                } else if v.on_quorum_loss == crate::config::QuorumLoss::Withdraw
+                    && self.below_quorum.contains(&id)
+                {
+                    Err(format!(
+                        "below its quorum of {} healthy backends",
+                        v.quorum.unwrap_or(0)
+                    ))
+                } else {
+                    Ok(())
+                };
+                (id, serving)
+            })
+            .collect()
     }
 
     pub fn set_seeded_from(&mut self, digest: Option<String>) {
@@ -605,6 +655,7 @@ impl State {
             ids: self.ids.clone(),
             removing: self.removing.clone(),
             attached: self.attached.clone(),
+            node_drained: self.node_drained,
             down: {
                 let mut d: Vec<u32> = self
                     .health

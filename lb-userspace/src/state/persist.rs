@@ -27,6 +27,9 @@ pub struct Saved {
     /// Backend ids whose health check had them down: a restart keeps them out of the rings.
     #[serde(default)]
     pub down: Vec<u32>,
+    /// `xlb drain-node`: nothing announced until `xlb undrain-node`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_drained: bool,
 }
 
 /// An interface carrying the forwarder.

@@ -287,6 +287,8 @@ pub fn plan(new: &Config, alloc: Allocation, inp: &Inputs) -> Result<Plan, PlanE
             below_quorum.insert(v.id());
             match v.on_quorum_loss {
                 QuorumLoss::KeepLast => keep = inp.published.rings.contains_key(&vip_id),
+                // The routers stop sending; what still arrives goes to the healthy ones.
+                QuorumLoss::Withdraw => {}
                 QuorumLoss::Fallback => {
                     weighted = v
                         .backends

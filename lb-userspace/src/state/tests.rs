@@ -1088,3 +1088,71 @@ fn an_interface_gone_or_re_created_is_noticed_and_counted() {
         "to be attached again"
     );
 }
+
+#[test]
+fn quorum_loss_with_withdraw_stops_serving_and_keeps_the_healthy_ring() {
+    let mut r = Rig::new();
+    let mut c = with_quorum(2, QuorumLoss::Withdraw, &[]);
+    c.announce = Some(Default::default());
+    r.apply(c);
+    let serving = |r: &Rig, v: &str| {
+        r.state
+            .serving()
+            .into_iter()
+            .find(|(id, _)| *id == vref(v))
+            .expect("listed")
+            .1
+    };
+    assert_eq!(serving(&r, VIP_A), Ok(()));
+    r.set_health(VIP_A, "10.1.0.1", false);
+    r.set_health(VIP_A, "10.1.0.2", false);
+    let why = serving(&r, VIP_A).expect_err("below quorum");
+    assert!(why.contains("quorum of 2"), "{why}");
+    assert_eq!(
+        r.ring_members(VIP_A),
+        BTreeSet::from([r.id(VIP_A, "10.1.0.3")]),
+        "what still arrives goes to the healthy backend"
+    );
+    assert_eq!(serving(&r, VIP_B), Ok(()), "the other VIP is not touched");
+    r.set_health(VIP_A, "10.1.0.3", false);
+    let why = serving(&r, VIP_A).expect_err("empty ring");
+    assert_eq!(why, "no backend takes new flows");
+    r.set_health(VIP_A, "10.1.0.1", true);
+    r.set_health(VIP_A, "10.1.0.2", true);
+    assert_eq!(serving(&r, VIP_A), Ok(()));
+}
+
+#[test]
+fn a_vip_without_backends_in_its_ring_is_not_served() {
+    let mut r = Rig::new();
+    let mut c = two_vips();
+    for b in &mut c.vips[1].backends {
+        b.drain = true;
+    }
+    r.apply(c);
+    let s = r.state.serving();
+    let b = s.iter().find(|(id, _)| *id == vref(VIP_B)).expect("listed");
+    assert_eq!(b.1, Err("no backend takes new flows".to_string()));
+}
+
+#[test]
+fn a_drained_node_is_saved_at_once_and_restored_after_a_restart() {
+    let mut r = Rig::new();
+    r.apply(two_vips());
+    {
+        let (state, mut env) = r.split();
+        state.set_node_drained(&mut env, true).expect("saved");
+    }
+    let saved = r.store.saved.clone().expect("saved");
+    assert!(saved.node_drained);
+    let mut again = State::new(Config::default().daemon, 2, r.now);
+    again.restore(&saved, r.now);
+    assert!(again.node_drained());
+
+    r.store.fail = true;
+    let (state, mut env) = r.split();
+    state
+        .set_node_drained(&mut env, false)
+        .expect_err("save fails");
+    assert!(state.node_drained(), "unchanged when it cannot be saved");
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: xlb as an operator runs it, on network namespaces, told as a story. A
 //! client, an LB running `xlb daemon`, three backends with `xlb decap attach` and real TCP/UDP
-//! servers; traffic, a weight change, a backend failing and returning, and the counters.
+//! servers; traffic, a weight change, a backend failing and returning, and the counters; then
+//! a fleet of two nodes behind a router running BIRD, one of which dies under traffic.
 
 use std::{
     collections::BTreeMap,
@@ -11,6 +12,7 @@ use std::{
 
 use tests::{
     echo::Echo,
+    fleet::{self, Fleet, Flows, Settings},
     lab::Lab,
     topo::{BackendHost, CLIENT, TCP_PORT, UDP_PORT, VIP},
 };
@@ -195,8 +197,58 @@ fn main() {
 
     drop(servers);
     drop(lab);
+    fleet_act();
     println!(
-        "\nCleaned up: daemon stopped, pins, namespaces and files removed. Done in {:.1}s.",
+        "\nCleaned up: daemons and BIRD stopped, pins, namespaces and files removed. Done in {:.1}s.",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Two nodes announce the VIP through BIRD; the router spreads flows over both by ECMP; one
+/// node hangs, BFD takes it out of the route and its flows go on through the other.
+fn fleet_act() {
+    println!(
+        "\n7. A fleet: two xlb nodes behind a router; each node's BIRD exports the VIP routes xlb\n   writes ([announce]) over BGP with BFD; the router installs one ECMP route"
+    );
+    let mut f = Fleet::new(2, 3);
+    let _servers = f.servers();
+    let s = Settings::default();
+    for i in 1..=2 {
+        let c = f.config(i, &s);
+        f.start_node(i, &c);
+    }
+    let both = [f.node(1).front, f.node(2).front];
+    let took = f.wait_next_hops(&both, Duration::from_secs(20));
+    println!(
+        "  router's route to {VIP}: next hops {:?}, {:.1} s after the daemons started",
+        f.next_hops(),
+        took.as_secs_f64()
+    );
+    println!("  node 2 `xlb status`:");
+    for l in String::from_utf8_lossy(&f.node(2).xlb(&["status"]).stdout).lines() {
+        if l.contains("announce") || l.contains(&VIP.to_string()) {
+            println!("    {l}");
+        }
+    }
+    let flows = Flows::start(&f.client, 16, 8, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_secs(1));
+    println!("  24 long-lived TCP and UDP flows from 64 client addresses; node 2 now hangs");
+    f.node_mut(2).hang();
+    let t = f.wait_next_hops(&both[..1], Duration::from_secs(5));
+    println!(
+        "  BFD took node 2 out of the router's route {} ms later",
+        t.as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let results = flows.finish();
+    let broken = fleet::broken(&results);
+    let trips: u64 = results.iter().map(|r| r.rounds).sum();
+    println!(
+        "  {} flows, {trips} round trips, {} broken: node 1 picks the same backends (same Maglev rings)",
+        results.len(),
+        broken.len()
+    );
+    for b in broken {
+        println!("    broken: {b}");
+    }
 }
