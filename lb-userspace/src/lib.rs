@@ -18,6 +18,7 @@ pub mod nexthop;
 pub mod replay;
 pub mod routes;
 pub mod state;
+pub mod sync;
 
 /// The XDP object built from `lb-ebpf` by this crate's build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

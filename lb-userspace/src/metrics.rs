@@ -84,6 +84,78 @@ fn announcements(r: &mut Registry, a: &crate::api::AnnounceView) {
     );
 }
 
+/// `xlb_sync_*`: flow sync with the fleet's other nodes.
+fn sync(r: &mut Registry, y: &crate::api::SyncView) {
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    gauge(
+        r,
+        "sync_divergent_flows",
+        "Flows tracked on another backend than the ring picks now (last scan).",
+        y.divergent_flows as i64,
+    );
+    for (name, help, v) in [
+        (
+            "sync_records_sent",
+            "Flow records sent to peers.",
+            y.records_sent,
+        ),
+        ("sync_bytes_sent", "Sync datagram bytes sent.", y.bytes_sent),
+        (
+            "sync_records_received",
+            "Flow records received from peers.",
+            y.records_received,
+        ),
+        (
+            "sync_flows_written",
+            "Conntrack entries written or refreshed from peers' records.",
+            y.flows_written,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    }
+    let refused = Family::<Labels, Counter<u64>>::default();
+    for (why, n) in &y.refused {
+        refused.get_or_create(&l(&[("reason", why)])).inc_by(*n);
+    }
+    r.register(
+        "sync_refused",
+        "Sync datagrams and records refused, by reason.",
+        refused,
+    );
+    let up = Family::<Labels, Gauge<i64>>::default();
+    let unsynced = Family::<Labels, Gauge<i64>>::default();
+    let mismatch = Family::<Labels, Gauge<i64>>::default();
+    for p in &y.peers {
+        let k = l(&[("peer", &p.address)]);
+        up.get_or_create(&k).set(p.up.into());
+        unsynced.get_or_create(&k).set(p.unsynced as i64);
+        mismatch
+            .get_or_create(&k)
+            .set(p.config_mismatch.len() as i64);
+    }
+    r.register(
+        "sync_peer_up",
+        "1 while the peer was heard from within three refresh periods.",
+        up,
+    );
+    r.register(
+        "sync_unsynced_flows",
+        "Divergent flows the peer has not acknowledged (it would lack them if this node died now).",
+        unsynced,
+    );
+    r.register(
+        "sync_config_mismatch_vips",
+        "VIPs whose config digest differs on the peer (its flows for them are refused).",
+        mismatch,
+    );
+}
+
 /// The text exposition of every metric, as of now.
 pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     let st = &m.status;
@@ -270,6 +342,9 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     }
     if let Some(a) = &st.announce {
         announcements(&mut r, a);
+    }
+    if let Some(y) = &st.sync {
+        sync(&mut r, y);
     }
     for r in &m.stats.reasons {
         let lr = l(&[("reason", &r.reason)]);

@@ -155,13 +155,19 @@ impl Resolver {
 
     /// Every interface with an Ethernet address: ifindex -> (name, MAC).
     async fn links(&self) -> Result<HashMap<u32, (String, [u8; 6])>, String> {
+        let mut tries = 0;
+        loop {
+            match self.links_once().await {
+                Err(e) if is_busy(&e) && tries < DUMP_TRIES => tries += 1,
+                r => return r.map_err(|e| format!("link table: {e}")),
+            }
+        }
+    }
+
+    async fn links_once(&self) -> Result<HashMap<u32, (String, [u8; 6])>, rtnetlink::Error> {
         let mut out = HashMap::new();
         let mut links = self.handle.link().get().execute();
-        while let Some(link) = links
-            .try_next()
-            .await
-            .map_err(|e| format!("link table: {e}"))?
-        {
+        while let Some(link) = links.try_next().await? {
             let mut name = format!("if{}", link.header.index);
             let mut mac = None;
             for a in link.attributes {
@@ -180,13 +186,19 @@ impl Resolver {
 
     /// Usable neighbour entries: (ifindex, address) -> MAC.
     async fn neighbours(&self) -> Result<HashMap<(u32, IpAddr), [u8; 6]>, String> {
+        let mut tries = 0;
+        loop {
+            match self.neighbours_once().await {
+                Err(e) if is_busy(&e) && tries < DUMP_TRIES => tries += 1,
+                r => return r.map_err(|e| format!("neighbour table: {e}")),
+            }
+        }
+    }
+
+    async fn neighbours_once(&self) -> Result<HashMap<(u32, IpAddr), [u8; 6]>, rtnetlink::Error> {
         let mut out = HashMap::new();
         let mut neighbours = self.handle.neighbours().get().execute();
-        while let Some(n) = neighbours
-            .try_next()
-            .await
-            .map_err(|e| format!("neighbour table: {e}"))?
-        {
+        while let Some(n) = neighbours.try_next().await? {
             if matches!(
                 n.header.state,
                 NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
@@ -238,4 +250,12 @@ pub fn format_mac(m: &[u8; 6]) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
+}
+
+/// A dump the kernel interrupted because the table changed meanwhile (`NLM_F_DUMP_INTR`, seen
+/// as EBUSY) is asked again this many times before it counts as a failure.
+const DUMP_TRIES: u32 = 3;
+
+fn is_busy(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EBUSY)
 }

@@ -162,6 +162,8 @@ pub struct Node {
     pub front: Ipv4Addr,
     /// Its address on the backend segment (the tunnel source).
     pub back: Ipv4Addr,
+    /// Flow sync's own address (on eth0 beside `front`): cutting sync leaves BGP up.
+    pub sync_addr: Ipv4Addr,
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
@@ -369,6 +371,12 @@ pub struct Settings {
     /// `quorum` of the VIPs, with `on_quorum_loss = "withdraw"`.
     pub quorum: Option<u32>,
     pub health_interval_ms: u32,
+    /// Backends in the config (the first n of the fleet's).
+    pub backends: usize,
+    /// `[sync]` between the nodes.
+    pub sync: bool,
+    /// `[forwarding] hash_seed`, when not the default.
+    pub hash_seed: Option<u32>,
 }
 
 impl Default for Settings {
@@ -378,9 +386,15 @@ impl Default for Settings {
             min_up_secs: 1,
             quorum: Some(2),
             health_interval_ms: 200,
+            backends: usize::MAX,
+            sync: false,
+            hash_seed: None,
         }
     }
 }
+
+/// The UDP port of flow sync on every node's front address.
+pub const SYNC_PORT: u16 = 4790;
 
 pub struct Fleet {
     pub client: Netns,
@@ -488,6 +502,8 @@ impl Fleet {
         let front = Ipv4Addr::new(10, 0, 0, 10 + i as u8);
         let back = Ipv4Addr::new(10, 0, 2, 10 + i as u8);
         ns.ip(&["addr", "add", &format!("{front}/24"), "dev", "eth0"]);
+        let sync_addr = Ipv4Addr::new(10, 0, 0, 30 + i as u8);
+        ns.ip(&["addr", "add", &format!("{sync_addr}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth1", "mtu", BACK_MTU]);
         ns.ip(&["addr", "add", &format!("{back}/24"), "dev", "eth1"]);
         let ndir = dir.join(format!("node{i}"));
@@ -496,6 +512,7 @@ impl Fleet {
             index: i,
             ns,
             front,
+            sync_addr,
             back,
             socket: ndir.join("xlb.sock"),
             config_path: ndir.join("xlb.toml"),
@@ -566,6 +583,27 @@ min_up_secs = {min_up}
             hold = s.hold_secs,
             min_up = s.min_up_secs,
         );
+        if s.sync {
+            let peers: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|p| p.index != i)
+                .map(|p| format!("\"{}:{SYNC_PORT}\"", p.sync_addr))
+                .collect();
+            c += &format!(
+                "\n[sync]\nlisten = \"{}:{SYNC_PORT}\"\npeers = [{}]\nkey_file = \"{}\"\nrefresh_secs = 1\nresync_timeout_ms = 1500\n",
+                n.sync_addr,
+                peers.join(", "),
+                self.key_file().display()
+            );
+        }
+        if let Some(seed) = s.hash_seed {
+            c = c.replacen(
+                "[forwarding]\n",
+                &format!("[forwarding]\nhash_seed = {seed}\n"),
+                1,
+            );
+        }
         for (port, proto) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp")] {
             c +=
                 &format!("\n[[vip]]\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n");
@@ -577,11 +615,23 @@ min_up_secs = {min_up}
                 iv = s.health_interval_ms,
                 to = s.health_interval_ms * 3 / 4,
             );
-            for b in &self.backends {
+            for b in self.backends.iter().take(s.backends) {
                 c += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr);
             }
         }
         c
+    }
+
+    /// The fleet's shared sync key (32 random bytes, written once).
+    pub fn key_file(&self) -> PathBuf {
+        let path = self.dir.join("sync.key");
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            let mut f = std::fs::File::open("/dev/urandom").expect("urandom");
+            std::io::Read::read_exact(&mut f, &mut key).expect("random key");
+            std::fs::write(&path, key).expect("key file");
+        }
+        path
     }
 
     /// Start node `i`'s daemon with `config`, then its BIRD.

@@ -147,6 +147,48 @@ pub struct StatusView {
     /// Route announcements, when `[announce]` is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceView>,
+    /// Flow sync with the fleet's other nodes, when `[sync]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncView>,
+}
+
+/// Flow sync: what this node ships and receives.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SyncView {
+    pub listen: String,
+    /// `waiting`, `done`, or `timed out` (peers that did not answer the start-up resync).
+    pub resync: String,
+    /// Flows tracked on another backend than the ring picks now, at the last scan.
+    pub divergent_flows: usize,
+    pub scans: u64,
+    /// Duration of the last scan of the conntrack table.
+    pub last_scan_us: u64,
+    pub records_sent: u64,
+    pub bytes_sent: u64,
+    pub records_received: u64,
+    /// Conntrack entries written or refreshed from peers' records.
+    pub flows_written: u64,
+    /// Datagrams and records refused, by reason (`unknown_peer`, `bad_tag`, `replayed`,
+    /// `stale`, `malformed`, `config_mismatch`, `unknown_vip`, `unknown_backend`, ...).
+    pub refused: std::collections::BTreeMap<String, u64>,
+    pub peers: Vec<PeerView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    pub address: String,
+    /// Heard from within three refresh periods.
+    pub up: bool,
+    /// Milliseconds since its last datagram (none yet: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms: Option<u64>,
+    /// Divergent flows of the last scan the peer has not acknowledged: what it would lack if
+    /// this node died now.
+    pub unsynced: usize,
+    pub records_received: u64,
+    pub flows_written: u64,
+    /// VIPs whose config digest differs on the peer: its records for them are refused.
+    pub config_mismatch: Vec<String>,
 }
 
 /// What this node announces, and why not.
@@ -214,6 +256,7 @@ impl StatusView {
             changes_pending: 0,
             capture: None,
             announce: None,
+            sync: None,
         }
     }
 }

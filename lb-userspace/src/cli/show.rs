@@ -109,6 +109,43 @@ fn render_status(s: &StatusView) -> String {
             line(format!("  route writes failing: {e}"));
         }
     }
+    if let Some(y) = &s.sync {
+        line(format!(
+            "sync on {}: resync {}; {} divergent flow(s) (scan {:.1} ms); sent {} record(s) ({} bytes), received {}, {} written",
+            y.listen,
+            y.resync,
+            y.divergent_flows,
+            y.last_scan_us as f64 / 1000.0,
+            y.records_sent,
+            y.bytes_sent,
+            y.records_received,
+            y.flows_written
+        ));
+        if !y.refused.is_empty() {
+            let r: Vec<String> = y.refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            line(format!("  refused: {}", r.join(", ")));
+        }
+        for p in &y.peers {
+            let heard = p.last_heard_ms.map_or("never heard".to_string(), |ms| {
+                format!("heard {:.1} s ago", ms as f64 / 1000.0)
+            });
+            let mut l = format!(
+                "  peer {}: {}, {heard}, {} unsynced, {} record(s) received, {} written",
+                p.address,
+                if p.up { "up" } else { "DOWN" },
+                p.unsynced,
+                p.records_received,
+                p.flows_written
+            );
+            if !p.config_mismatch.is_empty() {
+                l += &format!(
+                    "; CONFIG DIFFERS for {} (its flows refused)",
+                    p.config_mismatch.join(", ")
+                );
+            }
+            line(l);
+        }
+    }
     line(format!(
         "conntrack {} of {} flows (one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
         s.conntrack_entries,

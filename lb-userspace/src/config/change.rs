@@ -159,6 +159,9 @@ impl Config {
         if !has("announce") {
             cfg.announce = running.announce.clone();
         }
+        if !has("sync") {
+            cfg.sync = running.sync.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }

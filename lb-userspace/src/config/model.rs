@@ -36,6 +36,39 @@ pub struct Config {
     /// into a kernel table that a routing daemon (BIRD) exports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<Announce>,
+    /// Flow sync between the nodes of a fleet: present, divergent flows (tracked on another
+    /// backend than the ring now picks) are shipped to `peers` and theirs received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncConfig>,
+}
+
+/// `[sync]`: the peers a node ships its divergent flows to and receives theirs from. Changes
+/// only with a restart, like `[daemon]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Address and UDP port this node receives on (`10.0.0.11:4790`).
+    pub listen: String,
+    /// The other nodes' `listen` addresses.
+    pub peers: Vec<String>,
+    /// A file holding the fleet's shared key (at least 32 bytes; only root should read it).
+    pub key_file: PathBuf,
+    /// Every this many seconds the divergent flows are shipped again (and peers' liveness is
+    /// judged on 3 of these).
+    #[serde(default = "SyncConfig::default_refresh")]
+    pub refresh_secs: u32,
+    /// At start, announcing waits for every peer's flows this long at most.
+    #[serde(default = "SyncConfig::default_resync")]
+    pub resync_timeout_ms: u32,
+}
+
+impl SyncConfig {
+    fn default_refresh() -> u32 {
+        5
+    }
+    fn default_resync() -> u32 {
+        2000
+    }
 }
 
 /// How VIP addresses are announced: as `/32` and `/128` routes on `interface` in kernel table

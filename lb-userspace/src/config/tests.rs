@@ -471,3 +471,36 @@ fn an_apply_without_announce_keeps_the_running_announcements() {
     let a = changed.announce.expect("new");
     assert_eq!((a.min_up_secs, a.hold_secs), (5, 1));
 }
+
+#[test]
+fn sync_settings_are_checked_and_kept_by_an_apply_without_them() {
+    let good = "\n[sync]\nlisten = \"10.0.0.31:4790\"\npeers = [\"10.0.0.32:4790\"]\nkey_file = \"/etc/xlb/sync.key\"\n";
+    let c = Config::parse(&format!("{GOOD}{good}")).expect("valid");
+    let s = c.sync.clone().expect("sync");
+    assert_eq!((s.refresh_secs, s.resync_timeout_ms), (5, 2000));
+    assert_eq!(
+        Config::parse_apply(GOOD, &c).expect("apply").sync,
+        Some(s),
+        "kept"
+    );
+    for (bad, says) in [
+        ("listen = \"nowhere\"", "sync.listen"),
+        ("listen = \"0.0.0.0:4790\"", "must name this node's address"),
+        ("peers = []", "at least one peer"),
+        ("peers = [\"10.0.0.31:4790\"]", "own listen address"),
+        ("refresh_secs = 0", "sync.refresh_secs"),
+        ("resync_timeout_ms = 10", "sync.resync_timeout_ms"),
+    ] {
+        let key = bad.split(' ').next().expect("key");
+        let text: String = good
+            .lines()
+            .filter(|l| !l.starts_with(key))
+            .chain([bad])
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = Config::parse(&format!("{GOOD}{text}\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

@@ -136,6 +136,9 @@ impl Config {
         if let Some(a) = &self.announce {
             a.validate(&mut errs);
         }
+        if let Some(s) = &self.sync {
+            s.validate(&mut errs);
+        }
         if !d.metrics_listen.is_empty() && d.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {
             errs.push(format!(
@@ -272,6 +275,50 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(errs))
+        }
+    }
+}
+
+impl SyncConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        let listen = self.listen.parse::<std::net::SocketAddr>();
+        match &listen {
+            Err(_) => errs.push(format!(
+                "sync.listen: {:?} is not an address and port (10.0.0.11:4790)",
+                self.listen
+            )),
+            Ok(a) if a.ip().is_unspecified() || a.port() == 0 => errs.push(format!(
+                "sync.listen: {:?} must name this node's address and a port (peers match datagrams by source)",
+                self.listen
+            )),
+            Ok(_) => {}
+        }
+        if self.peers.is_empty() {
+            errs.push("sync.peers: at least one peer".into());
+        }
+        for p in &self.peers {
+            match p.parse::<std::net::SocketAddr>() {
+                Err(_) => errs.push(format!("sync.peers: {p:?} is not an address and port")),
+                Ok(a) if listen.as_ref().is_ok_and(|l| *l == a) => errs.push(format!(
+                    "sync.peers: {p:?} is this node's own listen address"
+                )),
+                Ok(_) => {}
+            }
+        }
+        if self.key_file.as_os_str().is_empty() {
+            errs.push("sync.key_file: a path is required".into());
+        }
+        if !(1..=300).contains(&self.refresh_secs) {
+            errs.push(format!(
+                "sync.refresh_secs: {} is not within 1-300",
+                self.refresh_secs
+            ));
+        }
+        if !(100..=60_000).contains(&self.resync_timeout_ms) {
+            errs.push(format!(
+                "sync.resync_timeout_ms: {} is not within 100-60000",
+                self.resync_timeout_ms
+            ));
         }
     }
 }

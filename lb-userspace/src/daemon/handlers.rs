@@ -107,6 +107,7 @@ impl Owner {
             mono_ns: monotonic_coarse_ns(),
             announce: self.announce_view(),
             pending: self.pending(),
+            sync: self.sync.as_ref().map(|l| l.view()),
         };
         match req {
             Request::Status => Response::of(&query::status(&c)),

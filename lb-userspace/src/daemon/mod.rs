@@ -13,6 +13,7 @@ pub mod occupancy;
 pub mod owner;
 pub mod query;
 pub mod server;
+pub mod sync;
 
 use std::{
     path::{Path, PathBuf},
@@ -229,6 +230,13 @@ pub async fn run(opts: Options) -> Result<()> {
             Err(e) => warn!(error = %e, "listing VIP routes"),
         }
     }
+    // The sync socket and key are checked before anything is announced or served.
+    let sync_cfg = state.cfg().sync.clone();
+    let sync_open = match &sync_cfg {
+        Some(c) => Some(sync::open(c)?),
+        None => None,
+    };
+    announcer.resync_pending = sync_cfg.is_some();
     let (routes_tx, routes_rx) = tokio::sync::watch::channel(announce::Wanted {
         settings: state.cfg().announce.clone(),
         addrs: present.clone(),
@@ -245,7 +253,7 @@ pub async fn run(opts: Options) -> Result<()> {
         tx.clone(),
     ));
     let (health_tx, mut health_rx) = mpsc::channel(1024);
-    let owner = owner::Owner::new(
+    let mut owner = owner::Owner::new(
         state,
         dp,
         store,
@@ -255,6 +263,10 @@ pub async fn run(opts: Options) -> Result<()> {
         announce::Announcements::new(announcer, present, routes_tx),
         tx.clone(),
     );
+    if let (Some(c), Some((sock, key))) = (&sync_cfg, sync_open) {
+        info!(listen = %c.listen, peers = ?c.peers, "flow sync with the fleet");
+        owner.sync = Some(sync::start(c, sock, key, tx.clone())?);
+    }
     let owner_task = tokio::spawn(owner.run(rx));
     let to_owner = tx.clone();
     tokio::spawn(async move {

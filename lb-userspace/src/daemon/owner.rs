@@ -48,6 +48,8 @@ pub enum Command {
     },
     /// What the route task found in the kernel table after its writes.
     Routes(super::announce::Report),
+    /// From the flow-sync task: peers' records, a peer's resync request, resync over.
+    Sync(super::sync::Inbound),
     /// Stop; with `detach`, remove the forwarder, its pins and the saved state.
     Shutdown {
         detach: bool,
@@ -152,6 +154,9 @@ pub struct Owner {
     pub(super) monitor: Monitor,
     pub(super) resolver: Arc<Resolver>,
     pub(super) announce: Announcements,
+    /// Flow sync with the fleet, when `[sync]` is configured.
+    pub(super) sync: Option<super::sync::SyncLink>,
+    ticks: u64,
     /// For spawned tasks to report back.
     pub(super) tx: mpsc::Sender<Command>,
     queue: VecDeque<Job>,
@@ -196,6 +201,8 @@ impl Owner {
             monitor,
             resolver,
             announce,
+            sync: None,
+            ticks: 0,
             tx,
             queue: VecDeque::new(),
             waiting: false,
@@ -242,6 +249,7 @@ impl Owner {
                     }
                 }
                 Command::Routes(r) => self.announce.report(r),
+                Command::Sync(s) => self.sync_in(s),
                 Command::Ready { reply } => {
                     let _ = reply.send(Readiness {
                         applied: self.state.counters().applies > 0,
@@ -334,6 +342,10 @@ impl Owner {
     }
 
     fn answer(&mut self, job: Job, result: Result<crate::state::ApplyReport, ApplyError>) {
+        // Flows the new rings disagree with are shipped at once, before any node can die.
+        if matches!(&result, Ok(r) if r.rings_swapped > 0) {
+            self.sync_scan(None, true);
+        }
         let response = match result {
             Ok(r) => {
                 let report = ApplyReport {
@@ -420,6 +432,12 @@ impl Owner {
                 dp.flows().ok().map(|f| f.len() as u64)
             });
         self.sampler.record(Instant::now(), snap);
+        self.ticks += 1;
+        if let Some(l) = &self.sync
+            && self.ticks.is_multiple_of(u64::from(l.refresh_secs))
+        {
+            self.sync_scan(None, false);
+        }
         self.sync_probes();
         // Holds and min_up periods end with the clock.
         self.announce();
@@ -451,6 +469,56 @@ impl Owner {
         let health = self.state.health();
         self.monitor
             .sync(targets, |id| health.get(&id).is_none_or(|h| h.up));
+    }
+
+    /// Scan conntrack for divergent flows and hand them to the sync task: a refresh to every
+    /// peer, or a resync answer to one.
+    fn sync_scan(&mut self, to: Option<std::net::SocketAddr>, ask_peers: bool) {
+        let Some(link) = &self.sync else {
+            return;
+        };
+        let t0 = Instant::now();
+        let now = super::clock().mono_ns + lb_common::CLOCK_LEAD_NS;
+        match self.state.divergent(&self.dp, now) {
+            Ok(d) => {
+                link.scanned(d.records.len(), t0.elapsed());
+                let out = super::sync::Outbound {
+                    digests: self.state.vip_digests(),
+                    records: d.records,
+                    to,
+                    ask_peers,
+                };
+                // A full channel drops this scan; the next refresh sends the same flows.
+                if link.tx.try_send(out).is_err() {
+                    warn!("sync: the sender is behind; this scan is skipped");
+                }
+            }
+            Err(e) => warn!(error = %e, "sync: scanning conntrack"),
+        }
+    }
+
+    fn sync_in(&mut self, s: super::sync::Inbound) {
+        match s {
+            super::sync::Inbound::Records {
+                peer,
+                digests,
+                records,
+            } => {
+                let mut env = effects!(self);
+                let r = self.state.receive(&mut env, &digests, &records);
+                if !r.mismatched.is_empty() {
+                    warn!(%peer, vips = ?r.mismatched, "sync: the peer's config differs for these VIPs; its flows for them are refused");
+                }
+                if let Some(l) = &self.sync {
+                    l.received(peer, &r);
+                }
+            }
+            super::sync::Inbound::ResyncRequest { peer } => self.sync_scan(Some(peer), false),
+            super::sync::Inbound::Ready => {
+                self.announce.announcer.resync_pending = false;
+                self.announce();
+            }
+        }
     }
 
     /// Decide announcements again and hand them to the route task.

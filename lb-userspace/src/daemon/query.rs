@@ -46,6 +46,8 @@ pub struct Ctx<'a> {
     pub announce: Option<AnnounceView>,
     /// Changes queued or in flight (edits, health transitions) not yet in the maps.
     pub pending: usize,
+    /// Flow sync, when configured.
+    pub sync: Option<crate::api::SyncView>,
 }
 
 /// Counter samples for rates.
@@ -155,6 +157,7 @@ pub fn status(c: &Ctx) -> StatusView {
         conntrack_evictions: c.occupancy.evictions,
         capture: c.capture.map(Lease::describe),
         announce: c.announce.clone(),
+        sync: c.sync.clone(),
         applies: n.applies,
         ring_rebuilds: n.ring_rebuilds,
         changes_pending: c.pending,
@@ -625,6 +628,7 @@ mod tests {
                 mono_ns: NOW_NS,
                 announce: None,
                 pending: 0,
+                sync: None,
             }
         }
     }

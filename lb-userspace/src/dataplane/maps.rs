@@ -73,6 +73,9 @@ impl Maps for Dataplane {
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, MapsError> {
         Dataplane::flow(self, key).map_err(err("reading a conntrack entry"))
     }
+    fn set_flow(&mut self, key: &FlowKey, state: &FlowState) -> Result<(), MapsError> {
+        Dataplane::set_flow(self, key, state).map_err(err("writing a conntrack entry"))
+    }
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, MapsError> {
         Dataplane::vips(self).map_err(err("reading VIPS"))
     }

@@ -36,6 +36,9 @@ pub struct Announcer {
     addrs: BTreeMap<IpAddr, AddrState>,
     pub announces: u64,
     pub withdraws: u64,
+    /// Flow sync's start-up resync is not finished: like the hold, nothing new is announced
+    /// (routers must not send this node flows its peers know and it does not yet).
+    pub resync_pending: bool,
 }
 
 impl Announcer {
@@ -45,6 +48,7 @@ impl Announcer {
             addrs: BTreeMap::new(),
             announces: 0,
             withdraws: 0,
+            resync_pending: false,
         }
     }
 
@@ -120,6 +124,8 @@ impl Announcer {
                     (hold_until - now).as_secs_f64().ceil() as u64,
                     settings.hold_secs
                 ))
+            } else if self.resync_pending {
+                Some("waiting for the peers' flows (sync resync after start)".to_string())
             } else {
                 let served = st.serving_since.map_or(Duration::ZERO, |t| now - t);
                 (served < min_up).then(|| {
@@ -295,6 +301,25 @@ mod tests {
             a.evaluate(&s, &all_ok(), false, t0 + Duration::from_secs(3))
                 .len(),
             2
+        );
+    }
+
+    #[test]
+    fn nothing_new_is_announced_until_the_resync_ends() {
+        let t0 = Instant::now();
+        let s = settings(0, 0);
+        let mut a = Announcer::new(t0);
+        a.resync_pending = true;
+        assert!(a.evaluate(&s, &all_ok(), false, t0).is_empty());
+        let why = a.addrs().values().next().and_then(|x| x.why_not.clone());
+        assert!(why.expect("reason").contains("resync"));
+        a.resync_pending = false;
+        assert_eq!(a.evaluate(&s, &all_ok(), false, t0).len(), 2);
+        a.resync_pending = true;
+        assert_eq!(
+            a.evaluate(&s, &all_ok(), false, t0).len(),
+            2,
+            "gates announcing, not keeping"
         );
     }
 

@@ -168,6 +168,13 @@ impl Maps for FakeMaps {
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, MapsError> {
         Ok(self.flows.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
     }
+    fn set_flow(&mut self, key: &FlowKey, state: &FlowState) -> Result<(), MapsError> {
+        match self.flows.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = *state,
+            None => self.flows.push((*key, *state)),
+        }
+        Ok(())
+    }
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, MapsError> {
         Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
     }

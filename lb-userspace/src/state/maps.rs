@@ -56,6 +56,8 @@ pub trait Maps {
     fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, MapsError>;
     /// One flow's entry.
     fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, MapsError>;
+    /// Write one flow's entry (flows received from peers).
+    fn set_flow(&mut self, key: &FlowKey, state: &FlowState) -> Result<(), MapsError>;
     /// What the maps hold, whoever wrote it (orphan sweeps).
     fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, MapsError>;
     fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError>;

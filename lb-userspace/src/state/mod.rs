@@ -11,6 +11,7 @@ pub mod ids;
 pub mod maps;
 pub mod persist;
 pub mod plan;
+pub mod sync;
 
 #[cfg(test)]
 mod tests;
@@ -336,6 +337,13 @@ impl State {
         if new.daemon != self.cfg.daemon {
             return Err(ApplyError::Refused(vec![
                 "the [daemon] section differs from the running daemon's; it only changes with a restart"
+                    .into(),
+            ]));
+        }
+        // The sync task is set up once at start, with its socket and key.
+        if self.counters.applies > 0 && new.sync != self.cfg.sync {
+            return Err(ApplyError::Refused(vec![
+                "the [sync] section differs from the running daemon's; it only changes with a restart"
                     .into(),
             ]));
         }

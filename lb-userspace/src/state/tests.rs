@@ -1156,3 +1156,182 @@ fn a_drained_node_is_saved_at_once_and_restored_after_a_restart() {
         .expect_err("save fails");
     assert!(state.node_drained(), "unchanged when it cannot be saved");
 }
+
+/// A flow from 192.0.2.1:`port` to VIP_A, tracked on `id`, stamped now.
+fn vip_a_flow(r: &mut Rig, port: u16, id: u32) -> FlowKey {
+    let v = vref(VIP_A);
+    let key = FlowKey {
+        src: lb_common::Addr::from(ip("192.0.2.1")),
+        dst: lb_common::Addr::from(v.address),
+        src_port_be: port.to_be(),
+        dst_port_be: v.port.to_be(),
+        proto: v.protocol.number(),
+        family: lb_common::family_of(&v.address),
+        _pad: [0; 2],
+    };
+    let now = r.mono_ns + lb_common::CLOCK_LEAD_NS;
+    r.maps.flows.retain(|(k, _)| *k != key);
+    r.maps.flows.push((
+        key,
+        FlowState {
+            backend_id: id,
+            _pad: 0,
+            last_seen_ns: now,
+        },
+    ));
+    key
+}
+
+/// The backend VIP_A's ring picks for a flow from port `port`.
+fn ring_pick(r: &Rig, port: u16) -> u32 {
+    let v = vref(VIP_A);
+    let key = FlowKey {
+        src: lb_common::Addr::from(ip("192.0.2.1")),
+        dst: lb_common::Addr::from(v.address),
+        src_port_be: port.to_be(),
+        dst_port_be: v.port.to_be(),
+        proto: v.protocol.number(),
+        family: lb_common::family_of(&v.address),
+        _pad: [0; 2],
+    };
+    let meta = r.state.published().vips[&v.key()];
+    let slot = lb_common::hash::flow_hash(&key, meta.hash_mode, r.state.cfg().forwarding.hash_seed)
+        % meta.ring_size;
+    r.maps.rings[&meta.vip_id][slot as usize]
+}
+
+#[test]
+fn only_flows_the_ring_no_longer_picks_are_divergent() {
+    let mut r = Rig::new();
+    r.apply(two_vips());
+    let now = r.mono_ns + lb_common::CLOCK_LEAD_NS;
+    let ids: Vec<u32> = ["10.1.0.1", "10.1.0.2", "10.1.0.3"]
+        .iter()
+        .map(|a| r.id(VIP_A, a))
+        .collect();
+    // Port 1000: on its ring pick; port 1001: on another backend of the VIP.
+    let agree = ring_pick(&r, 1000);
+    vip_a_flow(&mut r, 1000, agree);
+    let other = *ids
+        .iter()
+        .find(|&&i| i != ring_pick(&r, 1001))
+        .expect("other");
+    vip_a_flow(&mut r, 1001, other);
+    let d = r.state.divergent(&r.maps, now).expect("scan");
+    assert_eq!(d.scanned, 2);
+    assert_eq!(d.records.len(), 1, "{d:?}");
+    let rec = d.records[0];
+    assert_eq!((rec.vip, rec.src_port), (vref(VIP_A), 1001));
+    assert_eq!(r.state.members()[&other].address, rec.backend);
+
+    // Idle past the VIP's timeout: not shipped.
+    let timeout = u64::from(r.state.cfg().forwarding.tcp_idle_timeout_secs) * 1_000_000_000;
+    let later = now + timeout + 1_000_000_000;
+    assert!(
+        r.state
+            .divergent(&r.maps, later)
+            .expect("scan")
+            .records
+            .is_empty()
+    );
+}
+
+#[test]
+fn peers_records_are_written_by_address_and_never_over_a_local_flow() {
+    let mut a = Rig::new();
+    a.apply(two_vips());
+    let b_ids: Vec<u32> = ["10.1.0.1", "10.1.0.2", "10.1.0.3"]
+        .iter()
+        .map(|x| a.id(VIP_A, x))
+        .collect();
+    let other = *b_ids
+        .iter()
+        .find(|&&i| i != ring_pick(&a, 1001))
+        .expect("other");
+    vip_a_flow(&mut a, 1001, other);
+    let now = a.mono_ns + lb_common::CLOCK_LEAD_NS;
+    let shipped = a.state.divergent(&a.maps, now).expect("scan").records;
+    let digests = a.state.vip_digests();
+
+    // Node B: same config, other ids (one VIP added first).
+    let mut b = Rig::new();
+    let mut cb = two_vips();
+    cb.vips.insert(0, vip("10.100.0.9:80/tcp", &["10.1.0.9"]));
+    b.apply(cb);
+    assert_ne!(b.state.vip_digests()[&vref(VIP_A)], 0);
+    let (state, mut env) = b.split();
+    let got = state.receive(&mut env, &digests, &shipped);
+    assert_eq!((got.written, got.local), (1, 0), "{got:?}");
+    let (key, s) = b.maps.flows[0];
+    assert_eq!(u16::from_be(key.src_port_be), 1001);
+    assert_eq!(
+        b.state.members()[&s.backend_id].address,
+        shipped[0].backend,
+        "the same backend, by address"
+    );
+    assert!(sync::is_peer_only(&s));
+    // A peer-only entry is not shipped on: its owner does.
+    assert!(
+        b.state
+            .divergent(&b.maps, now)
+            .expect("scan")
+            .records
+            .is_empty()
+    );
+    // The forwarder restamps it when the flow arrives here: now ours, kept and shipped.
+    b.maps.flows[0].1.last_seen_ns += 3_000_000_000;
+    assert!(!sync::is_peer_only(&b.maps.flows[0].1));
+    let (state, mut env) = b.split();
+    assert_eq!(state.receive(&mut env, &digests, &shipped).local, 1);
+    assert_eq!(
+        b.state
+            .divergent(&b.maps, now + 3_000_000_000)
+            .expect("scan")
+            .records
+            .len(),
+        1
+    );
+
+    // Another config for the VIP (another seed): refused, said.
+    let mut c = Rig::new();
+    let mut cc = two_vips();
+    cc.forwarding.hash_seed ^= 1;
+    c.apply(cc);
+    let (state, mut env) = c.split();
+    let got = state.receive(&mut env, &digests, &shipped);
+    assert_eq!(got.written, 0);
+    assert_eq!(got.refused.get("config_mismatch"), Some(&1));
+    assert!(got.mismatched.contains(&vref(VIP_A)));
+    assert!(c.maps.flows.is_empty());
+
+    // A backend the node does not have: refused.
+    let mut d = Rig::new();
+    d.apply(two_vips());
+    let mut wrong = shipped.clone();
+    wrong[0].backend = ip("10.1.0.99");
+    let (state, mut env) = d.split();
+    let got = state.receive(&mut env, &digests, &wrong);
+    assert_eq!(got.refused.get("unknown_backend"), Some(&1));
+}
+
+#[test]
+fn the_sync_section_only_changes_with_a_restart() {
+    let mut r = Rig::new();
+    let mut c = two_vips();
+    c.sync = Some(crate::config::SyncConfig {
+        listen: "10.0.0.31:4790".into(),
+        peers: vec!["10.0.0.32:4790".into()],
+        key_file: "/etc/xlb/sync.key".into(),
+        refresh_secs: 5,
+        resync_timeout_ms: 2000,
+    });
+    r.apply(c.clone());
+    let mut other = c.clone();
+    if let Some(s) = other.sync.as_mut() {
+        s.refresh_secs = 1;
+    }
+    let e = r.try_apply(other, Removal::Drain).expect_err("refused");
+    assert!(e.to_string().contains("[sync] section differs"), "{e}");
+    c.vips[0].backends[0].weight = 3;
+    r.try_apply(c, Removal::Drain).expect("the rest applies");
+}
