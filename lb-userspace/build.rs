@@ -39,6 +39,10 @@ fn main() {
         .canonicalize()
         .expect("lb-ebpf directory");
     let root_dir = root_dir.to_str().expect("utf-8 path");
+    // aya-build turns every line the inner cargo prints into a `cargo:warning`; a quiet inner
+    // cargo prints only real warnings and errors.
+    // SAFETY: the build script is single-threaded here; nothing reads the environment meanwhile.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let package = aya_build::Package {
         name: "lb-ebpf",
         root_dir,

@@ -357,3 +357,167 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::api::{
+        AnnounceView, AnnouncedView, Availability, BackendStatsView, BackendView, PeerView,
+        ReasonView, StatsView, StatusView, SyncView, VipStatsView,
+    };
+
+    /// Every metric name the daemon exports, with every optional part (announce, sync) on.
+    fn exported() -> BTreeSet<String> {
+        let mut status = StatusView::sample();
+        status.announce = Some(AnnounceView {
+            table: 100,
+            protocol: 201,
+            node_drained: false,
+            hold_left_secs: 0,
+            announces: 0,
+            withdraws: 0,
+            route_errors: 0,
+            last_error: None,
+            addresses: vec![AnnouncedView {
+                address: "10.0.0.1".into(),
+                vips: vec!["10.0.0.1:80/tcp".into()],
+                announced: true,
+                wanted: true,
+                reason: None,
+                since_secs: 1,
+            }],
+        });
+        status.sync = Some(SyncView {
+            refused: [("bad_tag".to_string(), 1)].into(),
+            peers: vec![PeerView {
+                address: "10.0.0.2:4790".into(),
+                ..PeerView::default()
+            }],
+            ..SyncView::default()
+        });
+        let (vip, address) = ("10.0.0.1:80/tcp".to_string(), "10.1.0.1".to_string());
+        let view = MetricsView {
+            status,
+            stats: StatsView {
+                interval_secs: 1.0,
+                vips: vec![VipStatsView {
+                    vip: vip.clone(),
+                    packets: 1,
+                    bytes: 1,
+                    new_flows: 1,
+                    conntrack_hits: 1,
+                    conntrack_misses: 1,
+                    failovers: 1,
+                    expired: 1,
+                    deferred: 1,
+                    pps: 1.0,
+                    bps: 1.0,
+                }],
+                backends: vec![BackendStatsView {
+                    vip: vip.clone(),
+                    address: address.clone(),
+                    packets: 1,
+                    bytes: 1,
+                    new_flows: 1,
+                    pps: 1.0,
+                    bps: 1.0,
+                }],
+                reasons: vec![ReasonView {
+                    reason: "drop_no_backend".into(),
+                    packets: 1,
+                    bytes: 1,
+                }],
+            },
+            backends: vec![BackendView {
+                vip,
+                address,
+                id: 1,
+                weight: 1,
+                state: "up".into(),
+                slots: 1,
+                next_hop: None,
+                packets: 1,
+                bytes: 1,
+                new_flows: 1,
+                health: Some(Availability {
+                    healthy: true,
+                    since_secs: 1.0,
+                    failures: 1,
+                    uptime_percent: 99.0,
+                    mtbf_secs: Some(1.0),
+                    mttr_secs: Some(1.0),
+                    availability: 0.5,
+                    reason: String::new(),
+                }),
+            }],
+            conntrack_entries: 0,
+        };
+        let text = render(&view, &ApiCounters::default());
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let mut p = l.split_whitespace();
+                let name = p.next().unwrap_or_default();
+                match p.next() {
+                    Some("counter") => format!("{name}_total"),
+                    _ => name.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        _ => exprs(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_metrics() {
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../../dist/grafana/xlb.json")).expect("JSON");
+        let mut all = Vec::new();
+        exprs(&dash, &mut all);
+        assert!(all.len() >= 30, "{} queries", all.len());
+        let have = exported();
+        let mut used = BTreeSet::new();
+        for e in &all {
+            let mut rest = e.as_str();
+            while let Some(i) = rest.find("xlb_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                assert!(have.contains(&name), "{name} in `{e}` is not exported");
+                used.insert(name);
+            }
+        }
+        // The dashboard covers traffic, health, drops, conntrack, control plane and fleet.
+        for must in [
+            "xlb_vip_packets_total",
+            "xlb_backend_up",
+            "xlb_backend_availability_ratio",
+            "xlb_datapath_packets_total",
+            "xlb_conntrack_entries",
+            "xlb_applies_total",
+            "xlb_vip_announced",
+            "xlb_sync_peer_up",
+        ] {
+            assert!(used.contains(must), "{must} not on the dashboard");
+        }
+    }
+}

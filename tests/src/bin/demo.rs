@@ -179,12 +179,20 @@ fn main() {
     });
     print!("    {summary}");
     println!(
-        "\n6. `xlb replay` runs those packets through the live tables without touching live state;\n   then again after backend-1 is drained: a connection that opened there would now open elsewhere"
+        "\n6. `xlb replay` runs those packets through the live tables without touching live state;\n   then again after the backend of its first new connection is drained: tracked packets stay,\n   that connection would now open elsewhere"
     );
     show(&lab, &["replay", &pcap]);
-    lab.ok(&["backend", "drain", &tcp_vip, &b1]);
+    // Drain the backend the capture's first new connection opened on, so the replay differs.
+    let first = lab.json(&["replay", &pcap]);
+    let opened = first["packets"]
+        .as_array()
+        .and_then(|p| p.iter().find(|x| x["pick"] == "new"))
+        .and_then(|x| x["backend"].as_str())
+        .map_or(b1.clone(), str::to_string);
+    println!("\n  draining {opened}, where the capture's first new connection opened");
+    lab.ok(&["backend", "drain", &tcp_vip, &opened]);
     show(&lab, &["replay", &pcap]);
-    lab.ok(&["backend", "undrain", &tcp_vip, &b1]);
+    lab.ok(&["backend", "undrain", &tcp_vip, &opened]);
     show(
         &lab,
         &[
