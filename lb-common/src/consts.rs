@@ -21,7 +21,8 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// (even at the same size): a daemon refuses to adopt pinned maps stamped with another version.
 /// 2: one shared conntrack entry per flow (was per CPU), idle timeouts in `VipMeta`, the
 /// new-flow limit in `LbConfig`, expired and deferred counters in `VipStats`.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: `REASON_STATS` with room for 32 reasons (echo answers added), echo entries in `VIPS`.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names in the object, in one place so userspace can assert they all exist.
 pub mod map_names {
@@ -145,6 +146,9 @@ pub const UDP_IDLE_TIMEOUT_DEFAULT: u32 = 30;
 
 /// `VipMeta::flags`: no conntrack for this VIP; every packet follows the ring (stateless UDP).
 pub const VIP_F_NO_CONNTRACK: u16 = 1 << 0;
+/// `VipMeta::flags` of an address's echo entry (key: the address, port 0, ICMP or ICMPv6):
+/// echo requests to it are answered by the forwarder.
+pub const VIP_F_PING: u16 = 1 << 1;
 
 /// `Backend::state`: the backend takes no packets at all (health down or removed); tracked flows
 /// on it are re-picked through the ring. A drained backend is absent from the ring but not down.

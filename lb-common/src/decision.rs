@@ -18,6 +18,8 @@ pub const PKT_ICMP_ERROR: u8 = 2;
 /// A TCP reset: it follows its flow's entry or the ring but never creates or rewrites one (a
 /// reset ends a flow; backscatter of a spoofed flood must not fill the table).
 pub const PKT_RESET: u8 = 3;
+/// An ICMP/ICMPv6 echo request (no ports): answered in XDP where the address answers ping.
+pub const PKT_ECHO: u8 = 4;
 
 /// The parsed summary of one packet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -69,9 +69,13 @@ pub enum Reason {
     FwdFragment = 13,
     /// ICMP errors forwarded to the backend owning the inner flow.
     FwdIcmp = 14,
+    /// An ICMP/ICMPv6 echo request to a VIP address that answers ping, answered.
+    TxEcho = 15,
 }
 
-pub const REASON_COUNT: u32 = 15;
+pub const REASON_COUNT: u32 = 16;
+/// Entries of `REASON_STATS`: room for reasons added later without a layout change.
+pub const REASON_SLOTS: u32 = 32;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -90,6 +94,7 @@ impl Reason {
         Reason::PassExtHeaders,
         Reason::FwdFragment,
         Reason::FwdIcmp,
+        Reason::TxEcho,
     ];
 
     /// Stable snake_case name for CLI output and metric labels.
@@ -110,6 +115,7 @@ impl Reason {
             Reason::PassExtHeaders => "pass_ext_headers",
             Reason::FwdFragment => "fwd_fragment",
             Reason::FwdIcmp => "fwd_icmp",
+            Reason::TxEcho => "tx_echo",
         }
     }
 }

@@ -32,3 +32,10 @@ pub unsafe fn partial(ptr: *mut u8, len: u32, seed: u32) -> u64 {
     let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ptr as *mut u32, len, seed) };
     r as u64 & 0xffff_ffff
 }
+
+/// The checksum `csum` after one 16-bit word of what it covers changed from `old` to `new`
+/// (RFC 1624, eqn. 3). Words as they lie in memory: the sum does not depend on byte order.
+#[inline(always)]
+pub fn replace16(csum: u16, old: u16, new: u16) -> u16 {
+    fold(!csum as u64 + !old as u64 + new as u64)
+}

@@ -5,12 +5,12 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Backend, CFG_F_VIP_FILTER, CFG_F_WILDCARD_VIPS, LbConfig, MTU_DEFAULT, VIP_F_NO_CONNTRACK,
     capture::{CAPTURE_NO_VIP, CaptureConfig, outcome},
-    decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
+    decision::{PKT_ECHO, PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
     stats::Reason,
 };
 
 use crate::{
-    capture, encap, icmp, l2,
+    capture, echo, encap, icmp, l2,
     maps::{BACKENDS, CONFIG},
     parse::{self, Parsed},
     stats::{self, count_forward, count_reason},
@@ -54,6 +54,7 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
         let reason = reason.or(match parsed.as_ref().map(|p| p.pkt.kind) {
             Ok(PKT_FRAGMENT) => Some(Reason::FwdFragment),
             Ok(PKT_ICMP_ERROR) => Some(Reason::FwdIcmp),
+            Ok(PKT_ECHO) => Some(Reason::TxEcho),
             _ => None,
         });
         capture::record(
@@ -73,6 +74,9 @@ pub fn xdp(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Result<u32, Verdict> {
+    if p.pkt.kind == PKT_ECHO {
+        return echo::answer(ctx, p);
+    }
     let mut maps = Maps {
         wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
         filter: cfg.flags & CFG_F_VIP_FILTER != 0,

@@ -73,6 +73,11 @@ pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 pub const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
 pub const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
 
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;

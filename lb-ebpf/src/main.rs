@@ -6,6 +6,7 @@ mod access;
 mod capture;
 mod csum;
 mod decap;
+mod echo;
 mod encap;
 mod forward;
 mod hdr;

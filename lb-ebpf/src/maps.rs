@@ -9,7 +9,7 @@ use lb_common::{
     Backend, CONNTRACK_DEFAULT_ENTRIES, FlowKey, FlowState, LbConfig, MAX_BACKENDS, MAX_TX_PORTS,
     MAX_VIPS, RING_SIZE_DEFAULT, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta,
     capture::{CAPTURE_RING_BYTES, CaptureConfig, CaptureCounters, CaptureScratch},
-    stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_COUNT, VipStats},
+    stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_SLOTS, VipStats},
 };
 
 const BPF_F_INNER_MAP: usize = lb_common::BPF_F_INNER_MAP as usize;
@@ -60,7 +60,7 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats, { MAX_BACKENDS as usize }> =
 
 /// Indexed by `lb_common::stats::Reason`.
 #[btf_map]
-pub static REASON_STATS: PerCpuArray<Counter, { REASON_COUNT as usize }> = PerCpuArray::new();
+pub static REASON_STATS: PerCpuArray<Counter, { REASON_SLOTS as usize }> = PerCpuArray::new();
 
 /// Decap side: local tunnel endpoint addresses (outer destinations this host accepts).
 /// Key: the address; value: its family. Anything addressed elsewhere passes untouched.

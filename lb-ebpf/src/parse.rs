@@ -6,7 +6,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Addr, FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    decision::{PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, PKT_RESET, Packet},
+    decision::{PKT_ECHO, PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, PKT_RESET, Packet},
     stats::Reason,
 };
 
@@ -149,6 +149,14 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
                 return Err(Verdict::drop(Reason::DropMalformed));
             }
             let icmp: IcmpHdr = read(ctx, l4)?;
+            if icmp.kind == ICMP_ECHO_REQUEST && icmp.code == 0 {
+                out.pkt = Packet {
+                    key,
+                    kind: PKT_ECHO,
+                    syn: false,
+                };
+                return Ok(out);
+            }
             // Destination unreachable (incl. fragmentation needed) and time exceeded quote the
             // offending packet: route them to the backend that owns that flow.
             if icmp.kind != 3 && icmp.kind != 11 {
@@ -253,6 +261,18 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
                 return Err(Verdict::drop(Reason::DropMalformed));
             }
             let icmp: IcmpHdr = read(ctx, off)?;
+            // Echo right after the fixed header only: the answer rewrites it in place there.
+            if icmp.kind == ICMPV6_ECHO_REQUEST
+                && icmp.code == 0
+                && off == l3_off + size_of::<Ipv6Hdr>()
+            {
+                out.pkt = Packet {
+                    key,
+                    kind: PKT_ECHO,
+                    syn: false,
+                };
+                return Ok(out);
+            }
             // Destination unreachable, packet too big, time exceeded.
             if icmp.kind == 0 || icmp.kind > 3 {
                 return Err(Verdict::pass(Reason::PassIcmp));

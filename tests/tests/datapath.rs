@@ -979,3 +979,133 @@ fn ring_without(f: &mut Fixture, b: u32) {
         .collect();
     f.set_members(VIP_TCP4, &others);
 }
+
+/// An echo request from the client to `dst`, built by etherparse.
+fn echo_request(v6: bool, dst: &str, code: u8) -> Vec<u8> {
+    use etherparse::IcmpEchoHeader;
+    let echo = IcmpEchoHeader { id: 0x1234, seq: 7 };
+    let payload = b"xlb ping payload, 32 bytes long!";
+    let mut out = Vec::new();
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+    if v6 {
+        let dst: std::net::Ipv6Addr = dst.parse().expect("v6");
+        b.ipv6(
+            "2001:db8::33"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("v6")
+                .octets(),
+            dst.octets(),
+            61,
+        )
+        .icmpv6(Icmpv6Type::EchoRequest(echo))
+        .write(&mut out, payload)
+        .expect("echo6");
+    } else {
+        let dst: std::net::Ipv4Addr = dst.parse().expect("v4");
+        b.ipv4([192, 0, 2, 33], dst.octets(), 61)
+            .icmpv4(Icmpv4Type::Unknown {
+                type_u8: 8,
+                code_u8: code,
+                bytes5to8: [0x12, 0x34, 0, 7],
+            })
+            .write(&mut out, payload)
+            .expect("echo");
+    }
+    out
+}
+
+/// The reply a host would send to `req`, encoded independently: headers re-serialised with
+/// etherparse, checksums computed in full.
+fn echo_reply_of(req: &[u8]) -> Vec<u8> {
+    use etherparse::{Ethernet2Header, NetHeaders, PacketHeaders, TransportHeader};
+    let h = PacketHeaders::from_ethernet_slice(req).expect("parses");
+    let payload = h.payload.slice().to_vec();
+    let eth = h.link.expect("eth").ethernet2().expect("ethernet2");
+    let mut out = Vec::new();
+    Ethernet2Header {
+        source: eth.destination,
+        destination: eth.source,
+        ether_type: eth.ether_type,
+    }
+    .write(&mut out)
+    .expect("eth");
+    match (h.net.expect("ip"), h.transport.expect("icmp")) {
+        (NetHeaders::Ipv4(mut ip, _), TransportHeader::Icmpv4(icmp)) => {
+            (ip.source, ip.destination) = (ip.destination, ip.source);
+            ip.time_to_live = 64;
+            ip.header_checksum = ip.calc_header_checksum();
+            ip.write(&mut out).expect("ip");
+            let echo = match icmp.icmp_type {
+                Icmpv4Type::EchoRequest(e) => e,
+                other => panic!("echo request expected: {other:?}"),
+            };
+            Icmpv4Header::with_checksum(Icmpv4Type::EchoReply(echo), &payload)
+                .write(&mut out)
+                .expect("icmp");
+        }
+        (NetHeaders::Ipv6(mut ip, _), TransportHeader::Icmpv6(icmp)) => {
+            (ip.source, ip.destination) = (ip.destination, ip.source);
+            ip.hop_limit = 64;
+            ip.write(&mut out).expect("ip6");
+            let Icmpv6Type::EchoRequest(echo) = icmp.icmp_type else {
+                panic!("echo request expected");
+            };
+            Icmpv6Header::with_checksum(
+                Icmpv6Type::EchoReply(echo),
+                ip.source,
+                ip.destination,
+                &payload,
+            )
+            .expect("checksum")
+            .write(&mut out)
+            .expect("icmp6");
+        }
+        other => panic!("not an echo request: {other:?}"),
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[test]
+fn echo_requests_to_a_vip_that_answers_ping_get_exact_replies() {
+    use lb_common::{
+        Addr, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, VIP_F_PING, VipKey, VipMeta,
+    };
+    let mut f = setup();
+    let v4 = echo_request(false, "10.0.0.10", 0);
+    let v6 = echo_request(true, "fd00::10", 0);
+    // Off by default: the kernel sees them, as before.
+    assert_eq!(run_counted(&mut f, &v4, Reason::PassIcmp).action, XDP_PASS);
+    assert_eq!(run_counted(&mut f, &v6, Reason::PassIcmp).action, XDP_PASS);
+    for (addr, proto, family) in [
+        ("10.0.0.10", PROTO_ICMP, FAMILY_V4),
+        ("fd00::10", PROTO_ICMPV6, FAMILY_V6),
+    ] {
+        let ip: std::net::IpAddr = addr.parse().expect("ip");
+        let key = VipKey {
+            addr: Addr::from(ip),
+            port_be: 0,
+            proto,
+            family,
+        };
+        let meta = VipMeta {
+            flags: VIP_F_PING,
+            ..VipMeta::default()
+        };
+        f.dp.set_vip(&key, &meta).expect("echo entry");
+    }
+    for req in [&v4, &v6] {
+        let out = run_counted(&mut f, req, Reason::TxEcho);
+        assert_eq!(out.action, XDP_TX);
+        assert_eq!(out.frame, echo_reply_of(req), "reply bytes");
+    }
+    // Not echo's code 0, another address, an echo reply: passed, untouched.
+    for (frame, why) in [
+        (echo_request(false, "10.0.0.10", 1), Reason::PassIcmp),
+        (echo_request(false, "10.0.0.99", 0), Reason::PassIcmp),
+        (echo_reply_of(&v4), Reason::PassIcmp),
+    ] {
+        let out = run_counted(&mut f, &frame, why);
+        assert_eq!(out.action, XDP_PASS);
+    }
+}

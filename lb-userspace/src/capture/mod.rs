@@ -129,9 +129,10 @@ mod tests {
         assert_ne!(drops & 1 << Reason::DropMalformed as u32, 0);
         assert_ne!(passes & 1 << Reason::PassNotVip as u32, 0);
         assert_ne!(forwards & 1 << Reason::FwdIcmp as u32, 0);
-        // tx_too_big is neither a drop nor a pass nor a forward: only `all` or its name.
+        // Answers sent back (tx_too_big, tx_echo) are neither drops, passes nor forwards: only
+        // `all` or their names.
         assert_eq!(
-            (drops | passes | forwards | 1 << Reason::TxTooBig as u32),
+            (drops | passes | forwards | 1 << Reason::TxTooBig as u32 | 1 << Reason::TxEcho as u32),
             CAPTURE_ALL_OUTCOMES
         );
         let e = outcome_mask(&names(&["drop_everything"]))

@@ -332,6 +332,10 @@ pub struct Vip {
     /// Track flows (per-flow failover, stickiness across backend changes).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub conntrack: bool,
+    /// Answer ICMP/ICMPv6 echo requests to this VIP's address in the forwarder (one VIP of an
+    /// address saying so is enough: echo has no port).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ping: bool,
     /// Overrides `daemon.ring_size` for this VIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_size: Option<u32>,
@@ -564,6 +568,7 @@ impl Vip {
             hash: HashMode::default(),
             forwarding: FwdMode::default(),
             conntrack: true,
+            ping: false,
             ring_size: None,
             idle_timeout_secs: None,
             health: None,

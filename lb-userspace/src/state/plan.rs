@@ -336,6 +336,29 @@ pub fn plan(new: &Config, alloc: Allocation, inp: &Inputs) -> Result<Plan, PlanE
             },
         );
     }
+    // Echo entries: one per address with a VIP that answers ping (echo has no port).
+    for v in new.vips.iter().filter(|v| v.ping) {
+        let Some(&vip_id) = vips.get(&v.id().key()).map(|m| &m.vip_id) else {
+            continue;
+        };
+        let family = family_of(&v.address);
+        let proto = if family == lb_common::FAMILY_V6 {
+            lb_common::PROTO_ICMPV6
+        } else {
+            lb_common::PROTO_ICMP
+        };
+        vips.entry(VipKey {
+            addr: Addr::from(v.address),
+            port_be: 0,
+            proto,
+            family,
+        })
+        .or_insert(VipMeta {
+            vip_id,
+            flags: lb_common::VIP_F_PING,
+            ..VipMeta::default()
+        });
+    }
     if !errs.is_empty() {
         return Err(PlanError(errs));
     }

@@ -1335,3 +1335,26 @@ fn the_sync_section_only_changes_with_a_restart() {
     c.vips[0].backends[0].weight = 3;
     r.try_apply(c, Removal::Drain).expect("the rest applies");
 }
+
+#[test]
+fn a_vip_that_answers_ping_publishes_one_echo_entry_for_its_address() {
+    let mut r = Rig::new();
+    let mut c = two_vips();
+    c.vips[0].ping = true;
+    r.apply(c.clone());
+    let v = vref(VIP_A);
+    let echo = lb_common::VipKey {
+        addr: lb_common::Addr::from(v.address),
+        port_be: 0,
+        proto: lb_common::PROTO_ICMP,
+        family: lb_common::family_of(&v.address),
+    };
+    let meta = r.maps.vips.get(&echo).copied().expect("echo entry");
+    assert_eq!(meta.flags, lb_common::VIP_F_PING);
+    assert_eq!(meta.ring_size, 0, "never forwards");
+    assert_eq!(r.maps.vips.len(), 3);
+    c.vips[0].ping = false;
+    r.apply(c);
+    assert!(!r.maps.vips.contains_key(&echo), "removed with the switch");
+    assert_eq!(r.maps.vips.len(), 2);
+}
