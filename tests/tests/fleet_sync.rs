@@ -41,6 +41,14 @@ fn started(s: &Settings) -> (Fleet, Vec<Echo>) {
     (f, servers)
 }
 
+/// `started`, then 64 TCP and 32 UDP long-lived flows running for a second.
+fn with_flows(s: &Settings) -> (Fleet, Vec<Echo>, Flows) {
+    let (f, servers) = started(s);
+    let flows = Flows::start(&f.client, 64, 32, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_secs(1));
+    (f, servers, flows)
+}
+
 /// Flows riding node `i` (router FIB) whose backend there is not what node `j`'s ring picks
 /// for them now: what `xlb explain` (the forwarder's own decision over the live maps) says on
 /// each node.
@@ -157,9 +165,7 @@ fn backend_added_then_node_dies(sync: bool) -> (usize, Vec<String>, Fleet) {
         sync,
         ..Settings::default()
     };
-    let (mut f, _srv) = started(&s);
-    let flows = Flows::start(&f.client, 64, 32, Duration::from_millis(50));
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut f, _srv, flows) = with_flows(&s);
     let b3 = f.backends[2].addr.to_string();
     add_everywhere(&f, &b3);
     let moved = divergent_riding(&f, &flows, 3, 1);
@@ -231,9 +237,7 @@ fn the_first_next_hop_dies_after_a_backend_add_and_moved_survivor_flows_survive(
         sync: true,
         ..Settings::default()
     };
-    let (mut f, _srv) = started(&s);
-    let flows = Flows::start(&f.client, 64, 32, Duration::from_millis(50));
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut f, _srv, flows) = with_flows(&s);
     let b3 = f.backends[2].addr.to_string();
     add_everywhere(&f, &b3);
     let on2 = divergent_riding(&f, &flows, 2, 3).len();
@@ -264,9 +268,7 @@ fn drained_and_removed_backends_keep_their_flows_through_a_dead_node() {
         quorum: None,
         ..Settings::default()
     };
-    let (mut f, _srv) = started(&s);
-    let flows = Flows::start(&f.client, 64, 32, Duration::from_millis(50));
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut f, _srv, flows) = with_flows(&s);
     let (b1, b2) = (
         f.backends[0].addr.to_string(),
         f.backends[1].addr.to_string(),
@@ -317,9 +319,7 @@ fn a_health_failover_then_a_dead_node_breaks_no_healthy_flow() {
         quorum: None,
         ..Settings::default()
     };
-    let (mut f, mut srv) = started(&s);
-    let flows = Flows::start(&f.client, 64, 32, Duration::from_millis(50));
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut f, mut srv, flows) = with_flows(&s);
     let dead = f.backends[2].name.clone();
     drop(srv.remove(2));
     let b3 = f.backends[2].addr.to_string();
@@ -364,9 +364,7 @@ fn a_rejoining_node_resyncs_before_it_announces() {
         sync: true,
         ..Settings::default()
     };
-    let (mut f, _srv) = started(&s);
-    let flows = Flows::start(&f.client, 64, 32, Duration::from_millis(50));
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut f, _srv, flows) = with_flows(&s);
     let b3 = f.backends[2].addr.to_string();
     add_everywhere(&f, &b3);
     wait_synced(&f, 1, 1, Duration::from_secs(5));
@@ -411,9 +409,7 @@ fn a_cut_sync_link_is_reported_before_it_costs_flows() {
         sync: true,
         ..Settings::default()
     };
-    let (mut f, _srv) = started(&s);
-    let flows = Flows::start(&f.client, 64, 32, Duration::from_millis(50));
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut f, _srv, flows) = with_flows(&s);
     // Cut: blackhole routes between node 3's sync address and its peers' (BGP stays up).
     let n3 = f.node(3).sync_addr.to_string();
     for i in 1..=2 {

@@ -1157,10 +1157,10 @@ fn a_drained_node_is_saved_at_once_and_restored_after_a_restart() {
     assert!(state.node_drained(), "unchanged when it cannot be saved");
 }
 
-/// A flow from 192.0.2.1:`port` to VIP_A, tracked on `id`, stamped now.
-fn vip_a_flow(r: &mut Rig, port: u16, id: u32) -> FlowKey {
+/// The key of a flow from 192.0.2.1:`port` to VIP_A.
+fn vip_a_key(port: u16) -> FlowKey {
     let v = vref(VIP_A);
-    let key = FlowKey {
+    FlowKey {
         src: lb_common::Addr::from(ip("192.0.2.1")),
         dst: lb_common::Addr::from(v.address),
         src_port_be: port.to_be(),
@@ -1168,7 +1168,12 @@ fn vip_a_flow(r: &mut Rig, port: u16, id: u32) -> FlowKey {
         proto: v.protocol.number(),
         family: lb_common::family_of(&v.address),
         _pad: [0; 2],
-    };
+    }
+}
+
+/// A flow from 192.0.2.1:`port` to VIP_A, tracked on `id`, stamped now.
+fn vip_a_flow(r: &mut Rig, port: u16, id: u32) -> FlowKey {
+    let key = vip_a_key(port);
     let now = r.mono_ns + lb_common::CLOCK_LEAD_NS;
     r.maps.flows.retain(|(k, _)| *k != key);
     r.maps.flows.push((
@@ -1184,17 +1189,8 @@ fn vip_a_flow(r: &mut Rig, port: u16, id: u32) -> FlowKey {
 
 /// The backend VIP_A's ring picks for a flow from port `port`.
 fn ring_pick(r: &Rig, port: u16) -> u32 {
-    let v = vref(VIP_A);
-    let key = FlowKey {
-        src: lb_common::Addr::from(ip("192.0.2.1")),
-        dst: lb_common::Addr::from(v.address),
-        src_port_be: port.to_be(),
-        dst_port_be: v.port.to_be(),
-        proto: v.protocol.number(),
-        family: lb_common::family_of(&v.address),
-        _pad: [0; 2],
-    };
-    let meta = r.state.published().vips[&v.key()];
+    let key = vip_a_key(port);
+    let meta = r.state.published().vips[&vref(VIP_A).key()];
     let slot = lb_common::hash::flow_hash(&key, meta.hash_mode, r.state.cfg().forwarding.hash_seed)
         % meta.ring_size;
     r.maps.rings[&meta.vip_id][slot as usize]
