@@ -13,8 +13,16 @@ use crate::util::{cmd, cmd_ok, cmd_stdout, ebpf_toolchain};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// tcpdump: an independent reader of what `xlb capture` writes (capture tests). bird2: the
 /// routing daemon of the fleet tests and demo (BGP + BFD on every node and the router).
-/// iputils-ping: the system `ping` that VIP echo answers are tested with.
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "tcpdump", "bird2", "iputils-ping"];
+/// iputils-ping: the system `ping` that VIP echo answers are tested with. chromium: the
+/// headless browser the status page is tested in.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "tcpdump",
+    "bird2",
+    "iputils-ping",
+    "chromium",
+];
 
 pub fn run() -> Result<()> {
     let toolchain = ebpf_toolchain()?;

@@ -1,6 +1,7 @@
 //! The admin endpoint on a TCP listener (localhost by default): `GET /metrics` in the
-//! Prometheus text format, `/livez` (the owner task answers) and `/readyz` (data plane loaded,
-//! configuration applied, every next hop resolved).
+//! Prometheus text format, `/livez` (the owner task answers), `/readyz` (data plane loaded,
+//! configuration applied, every next hop resolved), and the status page: `/status` (one
+//! self-contained HTML page that refreshes itself) over `/status.json`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,6 +25,9 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// A client must send its request, and take the answer, within these.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The status page: static, no external assets; its script reads `/status.json`.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// A metrics page is rendered at most once per this: scrapes arriving together share it.
 const PAGE_TTL: Duration = Duration::from_secs(1);
@@ -56,10 +60,12 @@ pub async fn serve(l: TcpListener, owner: mpsc::Sender<Command>, api: Arc<ApiCou
                 .and_then(|r| r.split([' ', '?']).next())
                 .unwrap_or("");
             let (status, body) = endpoint.answer(path).await;
-            let ctype = if path == "/metrics" && status.starts_with("200") {
-                "text/plain; version=0.0.4; charset=utf-8"
-            } else {
-                "text/plain"
+            let ctype = match path {
+                _ if !status.starts_with("200") => "text/plain",
+                "/metrics" => "text/plain; version=0.0.4; charset=utf-8",
+                "/" | "/status" => "text/html; charset=utf-8",
+                "/status.json" => "application/json",
+                _ => "text/plain",
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -151,9 +157,21 @@ impl Endpoint {
                     ),
                 }
             }
+            "/" | "/status" => ("200 OK", STATUS_PAGE.into()),
+            "/status.json" => {
+                let (reply, rx) = oneshot::channel();
+                let cmd = Command::Request {
+                    req: Box::new(Request::Metrics),
+                    reply,
+                };
+                match ask(&self.owner, cmd, rx).await.and_then(|r| r.data) {
+                    Some(d) => ("200 OK", d.to_string().into()),
+                    None => (UNAVAILABLE, "the daemon did not answer\n".into()),
+                }
+            }
             _ => (
                 "404 Not Found",
-                "served here: /metrics, /livez, /readyz\n".into(),
+                "served here: /metrics, /livez, /readyz, /status, /status.json\n".into(),
             ),
         }
     }
@@ -256,6 +274,30 @@ mod tests {
             "{body}"
         );
         assert!(answer("/nope", &ok, &api).await.0.starts_with("404"));
+    }
+
+    #[tokio::test]
+    async fn the_status_page_is_self_contained_and_reads_the_daemons_view() {
+        let api = Arc::new(ApiCounters::default());
+        let o = owner(Readiness {
+            applied: true,
+            unresolved: 0,
+        });
+        let (code, page) = answer("/status", &o, &api).await;
+        assert_eq!(code, "200 OK");
+        assert!(
+            page.contains("fetch(\"/status.json\""),
+            "the page reads its data"
+        );
+        // No external assets: nothing is loaded from anywhere but this endpoint.
+        for external in ["src=", "href=", "http://", "https://", "@import", "url("] {
+            assert!(!page.contains(external), "{external} in the status page");
+        }
+        let (code, json) = answer("/status.json", &o, &api).await;
+        assert_eq!(code, "200 OK");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(v["stats"]["vips"][0]["vip"], "10.0.0.1:80/tcp");
+        assert_eq!(v["status"]["applies"], 2);
     }
 
     #[tokio::test]
