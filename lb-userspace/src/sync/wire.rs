@@ -14,6 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use bytes::{Buf, BufMut};
 use ring::hmac;
 
 use crate::config::{Protocol, VipRef};
@@ -105,20 +106,20 @@ impl Key {
     }
 }
 
-fn addr16(a: &IpAddr) -> [u8; 16] {
+/// An address in 16 bytes (IPv4 in the first four, the rest zero).
+fn put_addr(b: &mut impl BufMut, a: &IpAddr) {
     match a {
         IpAddr::V4(v4) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&v4.octets());
-            b
+            b.put_slice(&v4.octets());
+            b.put_bytes(0, 12);
         }
-        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V6(v6) => b.put_slice(&v6.octets()),
     }
 }
 
-fn addr_of(v6: bool, b: &[u8]) -> IpAddr {
+fn get_addr(b: &mut impl Buf, v6: bool) -> IpAddr {
     let mut o = [0u8; 16];
-    o.copy_from_slice(&b[..16]);
+    b.copy_to_slice(&mut o);
     if v6 {
         IpAddr::V6(Ipv6Addr::from(o))
     } else {
@@ -150,26 +151,26 @@ impl Message {
         let mut b = Vec::with_capacity(
             HEADER + VIP_LEN * self.digests.len() + RECORD_LEN * self.records.len() + TAG,
         );
-        b.extend_from_slice(MAGIC);
-        b.push(VERSION);
-        b.push(self.kind as u8);
-        b.push(self.digests.len() as u8);
-        b.extend_from_slice(&(self.records.len() as u16).to_be_bytes());
+        b.put_slice(MAGIC);
+        b.put_u8(VERSION);
+        b.put_u8(self.kind as u8);
+        b.put_u8(self.digests.len() as u8);
+        b.put_u16(self.records.len() as u16);
         for x in [self.boot, self.seq, self.ack, self.unix_ms] {
-            b.extend_from_slice(&x.to_be_bytes());
+            b.put_u64(x);
         }
         for (v, d) in &self.digests {
-            b.push(u8::from(v.address.is_ipv6()));
-            b.extend_from_slice(&addr16(&v.address));
-            b.extend_from_slice(&v.port.to_be_bytes());
-            b.push(v.protocol.number());
-            b.extend_from_slice(&d.to_be_bytes());
+            b.put_u8(u8::from(v.address.is_ipv6()));
+            put_addr(&mut b, &v.address);
+            b.put_u16(v.port);
+            b.put_u8(v.protocol.number());
+            b.put_u64(*d);
         }
         for r in &self.records {
-            b.push(index[&r.vip]);
-            b.extend_from_slice(&r.src_port.to_be_bytes());
-            b.extend_from_slice(&addr16(&r.src));
-            b.extend_from_slice(&addr16(&r.backend));
+            b.put_u8(index[&r.vip]);
+            b.put_u16(r.src_port);
+            put_addr(&mut b, &r.src);
+            put_addr(&mut b, &r.backend);
         }
         let tag = hmac::sign(&key.0, &b);
         b.extend_from_slice(tag.as_ref());
@@ -183,60 +184,62 @@ impl Message {
         }
         let (body, tag) = d.split_at(d.len() - TAG);
         hmac::verify(&key.0, body, tag).map_err(|_| WireError::BadTag)?;
-        if &body[..4] != MAGIC || body[4] != VERSION {
+        // The length is checked against the counts before anything is read: the reads below
+        // cannot run past the body.
+        let mut r = body;
+        let mut magic = [0u8; 4];
+        r.copy_to_slice(&mut magic);
+        if &magic != MAGIC || r.get_u8() != VERSION {
             return Err(WireError::Malformed("magic or version"));
         }
-        let kind = match body[5] {
+        let kind = match r.get_u8() {
             0 => Kind::Flows,
             1 => Kind::ResyncRequest,
             2 => Kind::ResyncDone,
             3 => Kind::Ack,
             _ => return Err(WireError::Malformed("kind")),
         };
-        let n_vips = body[6] as usize;
-        let n_records = u16::from_be_bytes([body[7], body[8]]) as usize;
+        let n_vips = r.get_u8() as usize;
+        let n_records = r.get_u16() as usize;
         if body.len() != HEADER + n_vips * VIP_LEN + n_records * RECORD_LEN {
             return Err(WireError::Malformed("length"));
         }
-        let u64_at = |o: usize| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(&body[o..o + 8]);
-            u64::from_be_bytes(x)
-        };
-        let mut m = Message::new(kind, u64_at(9), u64_at(17), u64_at(25), u64_at(33));
+        let (boot, seq, ack, unix_ms) = (r.get_u64(), r.get_u64(), r.get_u64(), r.get_u64());
+        let mut m = Message::new(kind, boot, seq, ack, unix_ms);
         let mut vips = Vec::with_capacity(n_vips);
-        for i in 0..n_vips {
-            let v = &body[HEADER + i * VIP_LEN..HEADER + (i + 1) * VIP_LEN];
-            let protocol = match v[19] {
+        for _ in 0..n_vips {
+            let family = r.get_u8();
+            if family > 1 {
+                return Err(WireError::Malformed("family"));
+            }
+            let address = get_addr(&mut r, family == 1);
+            let port = r.get_u16();
+            let protocol = match r.get_u8() {
                 lb_common::PROTO_TCP => Protocol::Tcp,
                 lb_common::PROTO_UDP => Protocol::Udp,
                 _ => return Err(WireError::Malformed("protocol")),
             };
-            if v[0] > 1 {
-                return Err(WireError::Malformed("family"));
-            }
             let vip = VipRef {
-                address: addr_of(v[0] == 1, &v[1..17]),
-                port: u16::from_be_bytes([v[17], v[18]]),
+                address,
+                port,
                 protocol,
             };
-            let mut d = [0u8; 8];
-            d.copy_from_slice(&v[20..28]);
-            m.digests.insert(vip, u64::from_be_bytes(d));
+            m.digests.insert(vip, r.get_u64());
             vips.push(vip);
         }
-        let start = HEADER + n_vips * VIP_LEN;
-        for i in 0..n_records {
-            let r = &body[start + i * RECORD_LEN..start + (i + 1) * RECORD_LEN];
+        for _ in 0..n_records {
             let vip = *vips
-                .get(r[0] as usize)
+                .get(r.get_u8() as usize)
                 .ok_or(WireError::Malformed("VIP index"))?;
             let v6 = vip.address.is_ipv6();
+            let src_port = r.get_u16();
+            let src = get_addr(&mut r, v6);
+            let backend = get_addr(&mut r, v6);
             m.records.push(FlowRecord {
                 vip,
-                src_port: u16::from_be_bytes([r[1], r[2]]),
-                src: addr_of(v6, &r[3..19]),
-                backend: addr_of(v6, &r[19..35]),
+                src,
+                src_port,
+                backend,
             });
         }
         Ok(m)
