@@ -131,8 +131,12 @@ fn sync(r: &mut Registry, y: &crate::api::SyncView) {
     let up = Family::<Labels, Gauge<i64>>::default();
     let unsynced = Family::<Labels, Gauge<i64>>::default();
     let mismatch = Family::<Labels, Gauge<i64>>::default();
+    let lag = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for p in &y.peers {
         let k = l(&[("peer", &p.address)]);
+        if let Some(ms) = p.lag_ms {
+            lag.get_or_create(&k).set(ms / 1000.0);
+        }
         up.get_or_create(&k).set(p.up.into());
         unsynced.get_or_create(&k).set(p.unsynced as i64);
         mismatch
@@ -148,6 +152,11 @@ fn sync(r: &mut Registry, y: &crate::api::SyncView) {
         "sync_unsynced_flows",
         "Divergent flows the peer has not acknowledged (it would lack them if this node died now).",
         unsynced,
+    );
+    r.register(
+        "sync_lag_seconds",
+        "From sending the last set of divergent flows to the peer's acknowledgement.",
+        lag,
     );
     r.register(
         "sync_config_mismatch_vips",
@@ -393,6 +402,7 @@ mod tests {
             refused: [("bad_tag".to_string(), 1)].into(),
             peers: vec![PeerView {
                 address: "10.0.0.2:4790".into(),
+                lag_ms: Some(4.0),
                 ..PeerView::default()
             }],
             ..SyncView::default()

@@ -178,6 +178,15 @@ fn backend_added_then_node_dies(sync: bool) -> (usize, Vec<String>, Fleet) {
         for i in 1..=2 {
             wait_synced(&f, i, 0, Duration::from_secs(5));
         }
+        let peers = f.node(3).json(&["status"])["sync"]["peers"].clone();
+        let lags: Vec<f64> = peers
+            .as_array()
+            .expect("peers")
+            .iter()
+            .filter_map(|p| p["lag_ms"].as_f64())
+            .collect();
+        assert_eq!(lags.len(), 2, "both peers acknowledged a set: {peers}");
+        eprintln!("node 3's last sets acknowledged in {lags:?} ms (send to ack)");
         eprintln!("node 3's divergent flows acknowledged by both peers {lag:?} after the last add");
     }
     let results = node_3_dies(&mut f, flows);

@@ -185,6 +185,9 @@ pub struct PeerView {
     /// Divergent flows of the last scan the peer has not acknowledged: what it would lack if
     /// this node died now.
     pub unsynced: usize,
+    /// Milliseconds from sending the last set of flows to the peer's acknowledgement of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<f64>,
     pub records_received: u64,
     pub flows_written: u64,
     /// VIPs whose config digest differs on the peer: its records for them are refused.

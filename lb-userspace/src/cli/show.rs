@@ -129,8 +129,11 @@ fn render_status(s: &StatusView) -> String {
             let heard = p.last_heard_ms.map_or("never heard".to_string(), |ms| {
                 format!("heard {:.1} s ago", ms as f64 / 1000.0)
             });
+            let lag = p
+                .lag_ms
+                .map_or(String::new(), |ms| format!(", lag {ms:.1} ms"));
             let mut l = format!(
-                "  peer {}: {}, {heard}, {} unsynced, {} record(s) received, {} written",
+                "  peer {}: {}, {heard}, {} unsynced{lag}, {} record(s) received, {} written",
                 p.address,
                 if p.up { "up" } else { "DOWN" },
                 p.unsynced,

@@ -97,6 +97,10 @@ struct Peer {
     /// how many records.
     batch_last: u64,
     batch_records: usize,
+    /// When the last full set went out, until the peer acknowledged it.
+    batch_sent: Option<Instant>,
+    /// Sending to acknowledgement of the last full set the peer acknowledged.
+    lag: Option<Duration>,
     answered_resync: bool,
 }
 
@@ -172,6 +176,8 @@ pub fn start(
                 acked: 0,
                 batch_last: 0,
                 batch_records: 0,
+                batch_sent: None,
+                lag: None,
                 answered_resync: false,
             })
             .collect(),
@@ -289,6 +295,8 @@ impl Task {
             // A resync answer is the whole set too: it is what the peer must acknowledge.
             self.peers[i].batch_last = self.seq;
             self.peers[i].batch_records = o.records.len();
+            // Only sets with flows are acknowledged.
+            self.peers[i].batch_sent = (!o.records.is_empty()).then(Instant::now);
         }
     }
 
@@ -320,6 +328,11 @@ impl Task {
         let p = &mut self.peers[i];
         p.last_heard = Some(Instant::now());
         p.acked = p.acked.max(m.ack);
+        if p.acked >= p.batch_last
+            && let Some(t) = p.batch_sent.take()
+        {
+            p.lag = Some(t.elapsed());
+        }
         if let Ok(mut v) = self.view.lock() {
             v.records_received += m.records.len() as u64;
             if let Some(pv) = v.peers.get_mut(i) {
@@ -365,6 +378,7 @@ impl Task {
             let heard = p.last_heard.map(|t| t.elapsed());
             pv.last_heard_ms = heard.map(|d| d.as_millis() as u64);
             pv.up = heard.is_some_and(|d| d < self.refresh * 3);
+            pv.lag_ms = p.lag.map(|d| d.as_secs_f64() * 1000.0);
             pv.unsynced = if pv.up && p.acked >= p.batch_last {
                 0
             } else {
