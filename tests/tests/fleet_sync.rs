@@ -41,6 +41,15 @@ fn started(s: &Settings) -> (Fleet, Vec<Echo>) {
     (f, servers)
 }
 
+/// Sync on, the first `backends` of the fleet's backends configured.
+fn synced(backends: usize) -> Settings {
+    Settings {
+        backends,
+        sync: true,
+        ..Settings::default()
+    }
+}
+
 /// `started`, then 64 TCP and 32 UDP long-lived flows running for a second.
 fn with_flows(s: &Settings) -> (Fleet, Vec<Echo>, Flows) {
     let (f, servers) = started(s);
@@ -160,11 +169,7 @@ fn node_dies(f: &mut Fleet, i: usize, flows: Flows) -> Vec<FlowResult> {
 /// Scenario 1 with and without sync: a backend is added on every node, then the node carrying
 /// flows whose slot moved dies.
 fn backend_added_then_node_dies(sync: bool) -> (usize, Vec<String>, Fleet) {
-    let s = Settings {
-        backends: 2,
-        sync,
-        ..Settings::default()
-    };
+    let s = Settings { sync, ..synced(2) };
     let (mut f, _srv, flows) = with_flows(&s);
     let b3 = f.backends[2].addr.to_string();
     add_everywhere(&f, &b3);
@@ -241,11 +246,7 @@ fn with_sync_a_backend_add_then_a_dead_node_breaks_nothing() {
 #[test]
 fn the_first_next_hop_dies_after_a_backend_add_and_moved_survivor_flows_survive() {
     let _one = serial();
-    let s = Settings {
-        backends: 2,
-        sync: true,
-        ..Settings::default()
-    };
+    let s = synced(2);
     let (mut f, _srv, flows) = with_flows(&s);
     let b3 = f.backends[2].addr.to_string();
     add_everywhere(&f, &b3);
@@ -273,9 +274,8 @@ fn the_first_next_hop_dies_after_a_backend_add_and_moved_survivor_flows_survive(
 fn drained_and_removed_backends_keep_their_flows_through_a_dead_node() {
     let _one = serial();
     let s = Settings {
-        sync: true,
         quorum: None,
-        ..Settings::default()
+        ..synced(usize::MAX)
     };
     let (mut f, _srv, flows) = with_flows(&s);
     let (b1, b2) = (
@@ -324,9 +324,8 @@ fn drained_and_removed_backends_keep_their_flows_through_a_dead_node() {
 fn a_health_failover_then_a_dead_node_breaks_no_healthy_flow() {
     let _one = serial();
     let s = Settings {
-        sync: true,
         quorum: None,
-        ..Settings::default()
+        ..synced(usize::MAX)
     };
     let (mut f, mut srv, flows) = with_flows(&s);
     let dead = f.backends[2].name.clone();
@@ -368,11 +367,7 @@ fn a_health_failover_then_a_dead_node_breaks_no_healthy_flow() {
 #[test]
 fn a_rejoining_node_resyncs_before_it_announces() {
     let _one = serial();
-    let s = Settings {
-        backends: 2,
-        sync: true,
-        ..Settings::default()
-    };
+    let s = synced(2);
     let (mut f, _srv, flows) = with_flows(&s);
     let b3 = f.backends[2].addr.to_string();
     add_everywhere(&f, &b3);
@@ -413,11 +408,7 @@ fn a_rejoining_node_resyncs_before_it_announces() {
 #[test]
 fn a_cut_sync_link_is_reported_before_it_costs_flows() {
     let _one = serial();
-    let s = Settings {
-        backends: 2,
-        sync: true,
-        ..Settings::default()
-    };
+    let s = synced(2);
     let (mut f, _srv, flows) = with_flows(&s);
     // Cut: blackhole routes between node 3's sync address and its peers' (BGP stays up).
     let n3 = f.node(3).sync_addr.to_string();
@@ -493,11 +484,7 @@ fn scrape(f: &Fleet, i: usize) -> String {
 #[test]
 fn config_drift_is_reported_and_the_drifted_peers_flows_refused() {
     let _one = serial();
-    let s = Settings {
-        backends: 2,
-        sync: true,
-        ..Settings::default()
-    };
+    let s = synced(2);
     let mut f = Fleet::new(3, 3);
     let _srv = f.servers();
     for i in 1..=3 {
@@ -552,11 +539,7 @@ fn config_drift_is_reported_and_the_drifted_peers_flows_refused() {
 fn forged_stale_and_replayed_datagrams_are_refused() {
     use xlb::sync::wire::{FlowRecord, Key, Kind, Message};
     let _one = serial();
-    let s = Settings {
-        sync: true,
-        ..Settings::default()
-    };
-    let (mut f, _srv) = started(&s);
+    let (mut f, _srv) = started(&synced(usize::MAX));
     let target = format!("{}:{SYNC_PORT}", f.node(1).sync_addr);
     let before = f.node(1).json(&["status"])["sync"]["flows_written"]
         .as_u64()
