@@ -216,11 +216,15 @@ fn main() {
 /// node hangs, BFD takes it out of the route and its flows go on through the other.
 fn fleet_act() {
     println!(
-        "\n7. A fleet: two xlb nodes behind a router; each node's BIRD exports the VIP routes xlb\n   writes ([announce]) over BGP with BFD; the router installs one ECMP route"
+        "\n7. A fleet: two xlb nodes behind a router; each node's BIRD exports the VIP routes xlb\n   writes ([announce]) over BGP with BFD; the router installs one ECMP route; the nodes\n   sync the flows a backend change moves ([sync])"
     );
     let mut f = Fleet::new(2, 3);
     let _servers = f.servers();
-    let s = Settings::default();
+    let s = Settings {
+        backends: 2,
+        sync: true,
+        ..Settings::default()
+    };
     for i in 1..=2 {
         let c = f.config(i, &s);
         f.start_node(i, &c);
@@ -232,15 +236,28 @@ fn fleet_act() {
         f.next_hops(),
         took.as_secs_f64()
     );
-    println!("  node 2 `xlb status`:");
+    let flows = Flows::start(&f.client, 32, 16, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_secs(1));
+    println!("  48 long-lived TCP and UDP flows from 64 client addresses on backends 1 and 2");
+    let b3 = f.backends[2].addr.to_string();
+    for i in 1..=2 {
+        for vip in [
+            format!("{VIP}:{TCP_PORT}/tcp"),
+            format!("{VIP}:{UDP_PORT}/udp"),
+        ] {
+            f.node(i).ok(&["backend", "add", &vip, &b3]);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "  backend 3 added on both nodes: flows whose ring slot moved to it stay on their backend\n  (conntrack) and are shipped to the other node. Node 2 `xlb status`:"
+    );
     for l in String::from_utf8_lossy(&f.node(2).xlb(&["status"]).stdout).lines() {
-        if l.contains("announce") || l.contains(&VIP.to_string()) {
+        if l.contains("announce") || l.contains("sync") || l.contains("peer") {
             println!("    {l}");
         }
     }
-    let flows = Flows::start(&f.client, 16, 8, Duration::from_millis(50));
-    std::thread::sleep(Duration::from_secs(1));
-    println!("  24 long-lived TCP and UDP flows from 64 client addresses; node 2 now hangs");
+    println!("  node 2 now hangs");
     f.node_mut(2).hang();
     let t = f.wait_next_hops(&both[..1], Duration::from_secs(5));
     println!(
@@ -252,7 +269,7 @@ fn fleet_act() {
     let broken = fleet::broken(&results);
     let trips: u64 = results.iter().map(|r| r.rounds).sum();
     println!(
-        "  {} flows, {trips} round trips, {} broken: node 1 picks the same backends (same Maglev rings)",
+        "  {} flows, {trips} round trips, {} broken: node 1 knew node 2's moved flows, and picks the\n  same backends for the others (same Maglev rings)",
         results.len(),
         broken.len()
     );
