@@ -47,6 +47,22 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// Unlabelled counters (`NAME_total`) with the daemon's totals.
+fn totals(r: &mut Registry, items: &[(&str, &str, u64)]) {
+    for (name, help, v) in items {
+        let c = Counter::<u64>::default();
+        c.inc_by(*v);
+        r.register(*name, *help, c);
+    }
+}
+
+/// One unlabelled gauge.
+fn value(r: &mut Registry, name: &str, help: &str, v: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(v);
+    r.register(name, help, g);
+}
+
 /// `xlb_vip_announced{vip}` and the announcement counters.
 fn announcements(r: &mut Registry, a: &crate::api::AnnounceView) {
     let announced = Family::<Labels, Gauge<i64>>::default();
@@ -62,63 +78,55 @@ fn announcements(r: &mut Registry, a: &crate::api::AnnounceView) {
         "1 while the VIP's address route is in the announce table (exported by the routing daemon).",
         announced,
     );
-    for (name, help, v) in [
-        ("announces", "VIP addresses announced.", a.announces),
-        ("withdraws", "VIP addresses withdrawn.", a.withdraws),
-        (
-            "announce_errors",
-            "Failed route writes (retried every second).",
-            a.route_errors,
-        ),
-    ] {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        r.register(name, help, c);
-    }
-    let drained = Gauge::<i64>::default();
-    drained.set(a.node_drained.into());
-    r.register(
+    totals(
+        r,
+        &[
+            ("announces", "VIP addresses announced.", a.announces),
+            ("withdraws", "VIP addresses withdrawn.", a.withdraws),
+            (
+                "announce_errors",
+                "Failed route writes (retried every second).",
+                a.route_errors,
+            ),
+        ],
+    );
+    value(
+        r,
         "node_drained",
         "1 while the node is drained (`xlb drain-node`): nothing announced.",
-        drained,
+        a.node_drained.into(),
     );
 }
 
 /// `xlb_sync_*`: flow sync with the fleet's other nodes.
 fn sync(r: &mut Registry, y: &crate::api::SyncView) {
-    let gauge = |r: &mut Registry, name: &str, help: &str, v: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(v);
-        r.register(name, help, g);
-    };
-    gauge(
+    value(
         r,
         "sync_divergent_flows",
         "Flows tracked on another backend than the ring picks now (last scan).",
         y.divergent_flows as i64,
     );
-    for (name, help, v) in [
-        (
-            "sync_records_sent",
-            "Flow records sent to peers.",
-            y.records_sent,
-        ),
-        ("sync_bytes_sent", "Sync datagram bytes sent.", y.bytes_sent),
-        (
-            "sync_records_received",
-            "Flow records received from peers.",
-            y.records_received,
-        ),
-        (
-            "sync_flows_written",
-            "Conntrack entries written or refreshed from peers' records.",
-            y.flows_written,
-        ),
-    ] {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        r.register(name, help, c);
-    }
+    totals(
+        r,
+        &[
+            (
+                "sync_records_sent",
+                "Flow records sent to peers.",
+                y.records_sent,
+            ),
+            ("sync_bytes_sent", "Sync datagram bytes sent.", y.bytes_sent),
+            (
+                "sync_records_received",
+                "Flow records received from peers.",
+                y.records_received,
+            ),
+            (
+                "sync_flows_written",
+                "Conntrack entries written or refreshed from peers' records.",
+                y.flows_written,
+            ),
+        ],
+    );
     let refused = Family::<Labels, Counter<u64>>::default();
     for (why, n) in &y.refused {
         refused.get_or_create(&l(&[("reason", why)])).inc_by(*n);
@@ -297,27 +305,24 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
             api.refused.load(Ordering::Relaxed),
         ),
     ];
-    for (name, help, v) in scalars {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        r.register(name, help, c);
-    }
-    let cap = Gauge::<i64>::default();
-    cap.set(st.conntrack_capacity as i64);
-    r.register(
+    totals(&mut r, &scalars);
+    value(
+        &mut r,
         "conntrack_capacity",
         "Conntrack capacity in flows, shared by every CPU.",
-        cap,
+        st.conntrack_capacity as i64,
     );
-    let occ = Gauge::<i64>::default();
-    occ.set(m.conntrack_entries as i64);
-    r.register("conntrack_entries", "Tracked flows.", occ);
-    let unresolved = Gauge::<i64>::default();
-    unresolved.set(st.backends_unresolved as i64);
-    r.register(
+    value(
+        &mut r,
+        "conntrack_entries",
+        "Tracked flows.",
+        m.conntrack_entries as i64,
+    );
+    value(
+        &mut r,
         "backends_unresolved",
         "Backends out of their rings because their next hop does not resolve.",
-        unresolved,
+        st.backends_unresolved as i64,
     );
 
     for s in &m.stats.vips {

@@ -31,7 +31,7 @@ use std::{
 
 use crate::{
     echo::Echo,
-    lab::xlb_bin,
+    lab::{nsenter, ran, xlb_bin},
     netns::{Netns, veth},
     topo::{TCP_PORT, UDP_PORT, VIP},
 };
@@ -46,13 +46,6 @@ pub const ROUTER_FRONT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const CLIENT_SOURCES: u8 = 64;
 /// MTU of the node -> backend segment: room for the IPIP header on full-size packets.
 pub const BACK_MTU: &str = "1600";
-
-/// A command in namespace `ns` without remounting /sys (bpffs stays visible).
-fn nsenter(ns: &str) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}")).arg("--");
-    c
-}
 
 fn kill(child: &mut Child, signal: i32) {
     // SAFETY: signalling a child this harness spawned and has not reaped.
@@ -194,16 +187,11 @@ impl Node {
     }
 
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.xlb(args);
-        assert!(
-            out.status.success(),
-            "node {}: xlb {} failed: {}\n{}",
-            self.index,
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ran(
+            &self.xlb(args),
+            || format!("node {}: xlb {}", self.index, args.join(" ")),
+            || self.log(),
+        )
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {

@@ -32,10 +32,27 @@ pub fn xlb_bin() -> PathBuf {
 
 /// A command that runs in network namespace `ns`. Not `ip netns exec`: that remounts /sys,
 /// hiding bpffs, where xlb pins its maps and links.
-fn nsenter(ns: &str) -> Command {
+pub fn nsenter(ns: &str) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{ns}")).arg("--");
     c
+}
+
+/// The stdout of a command that must have succeeded; on failure, panic with what it was, its
+/// stderr and the daemon's log.
+pub fn ran(
+    out: &std::process::Output,
+    what: impl FnOnce() -> String,
+    log: impl FnOnce() -> String,
+) -> String {
+    assert!(
+        out.status.success(),
+        "{} failed: {}\ndaemon log:\n{}",
+        what(),
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub struct Lab {
@@ -286,15 +303,11 @@ name = "lc"
 
     /// Like `xlb`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.xlb(args);
-        assert!(
-            out.status.success(),
-            "xlb {} failed: {}\ndaemon log:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        ran(
+            &self.xlb(args),
+            || format!("xlb {}", args.join(" ")),
+            || self.log(),
+        )
     }
 
     /// Like `xlb`, asserting failure; returns stderr.

@@ -530,7 +530,8 @@ fn config_drift_is_reported_and_the_drifted_peers_flows_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    drop(flows);
+    // Drift breaks flows that move between nodes; only the report is asserted here.
+    let _ = flows.finish();
 }
 
 /// Scenario 9: datagrams from outside the fleet, with another key, stale or replayed are

@@ -522,6 +522,23 @@ impl FromStr for VipRef {
     }
 }
 
+/// The conntrack key of a flow from `src` to `dst`.
+pub fn flow_key(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    protocol: Protocol,
+) -> lb_common::FlowKey {
+    lb_common::FlowKey {
+        src: Addr::from(src.ip()),
+        dst: Addr::from(dst.ip()),
+        src_port_be: src.port().to_be(),
+        dst_port_be: dst.port().to_be(),
+        proto: protocol.number(),
+        family: family_of(&dst.ip()),
+        _pad: [0; 2],
+    }
+}
+
 impl VipRef {
     /// This VIP's key in the `VIPS` map.
     pub fn key(&self) -> VipKey {

@@ -478,7 +478,7 @@ impl Owner {
             return;
         };
         let t0 = Instant::now();
-        let now = super::clock().mono_ns + lb_common::CLOCK_LEAD_NS;
+        let now = super::clock().stamp();
         match self.state.divergent(&self.dp, now) {
             Ok(d) => {
                 link.scanned(d.records.len(), t0.elapsed());

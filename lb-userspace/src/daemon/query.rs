@@ -4,9 +4,8 @@
 use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use lb_common::{
-    Addr, Backend, FlowKey, VipKey, VipMeta,
+    Backend, FlowKey, VipKey, VipMeta,
     decision::{self, Entry, PKT_NORMAL, Packet, Pick, Tables},
-    family_of,
     stats::{BackendStats, VipStats},
 };
 
@@ -17,7 +16,7 @@ use crate::{
         FlowsView, IfaceView, MetricsView, ReasonView, StatsView, StatusView, VipStatsView,
         VipView,
     },
-    config::{Protocol, VipRef},
+    config::{Protocol, VipRef, flow_key},
     state::{Maps, State, health},
 };
 
@@ -336,18 +335,6 @@ pub fn stats(c: &Ctx) -> StatsView {
         }
     }
     out
-}
-
-fn flow_key(src: SocketAddr, dst: SocketAddr, protocol: Protocol) -> FlowKey {
-    FlowKey {
-        src: Addr::from(src.ip()),
-        dst: Addr::from(dst.ip()),
-        src_port_be: src.port().to_be(),
-        dst_port_be: dst.port().to_be(),
-        proto: protocol.number(),
-        family: family_of(&dst.ip()),
-        _pad: [0; 2],
-    }
 }
 
 fn sock(ip: std::net::IpAddr, port: u16) -> String {

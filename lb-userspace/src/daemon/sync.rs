@@ -116,13 +116,6 @@ pub fn open(cfg: &SyncConfig) -> Result<(std::net::UdpSocket, Key)> {
     Ok((sock, key))
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 struct Task {
     sock: UdpSocket,
     key: Key,
@@ -165,7 +158,7 @@ pub fn start(
     let task = Task {
         sock: UdpSocket::from_std(sock)?,
         key,
-        boot: boot_id(unix_ms(), u16::from_be_bytes(random)),
+        boot: boot_id(super::clock().unix_ms, u16::from_be_bytes(random)),
         seq: 0,
         peers: peers
             .into_iter()
@@ -246,7 +239,7 @@ impl Task {
 
     fn message(&mut self, kind: Kind, ack: u64) -> Message {
         self.seq += 1;
-        Message::new(kind, self.boot, self.seq, ack, unix_ms())
+        Message::new(kind, self.boot, self.seq, ack, super::clock().unix_ms)
     }
 
     async fn send(&self, to: SocketAddr, m: &Message) {
@@ -286,7 +279,7 @@ impl Task {
             for m in &mut msgs {
                 self.seq += 1;
                 m.seq = self.seq;
-                m.unix_ms = unix_ms();
+                m.unix_ms = super::clock().unix_ms;
             }
             let addr = self.peers[i].addr;
             for m in &msgs {
@@ -318,9 +311,10 @@ impl Task {
                 return;
             }
         };
-        if let Err(why) = self.peers[i]
-            .window
-            .accept(m.boot, m.seq, m.unix_ms, unix_ms())
+        if let Err(why) =
+            self.peers[i]
+                .window
+                .accept(m.boot, m.seq, m.unix_ms, super::clock().unix_ms)
         {
             self.refuse(why);
             return;

@@ -46,6 +46,13 @@ pub struct Clock {
     pub mono_ns: u64,
 }
 
+impl Clock {
+    /// What the forwarder stamps flows with now: the `CLOCK` value this clock writes.
+    pub fn stamp(&self) -> u64 {
+        self.mono_ns + lb_common::CLOCK_LEAD_NS
+    }
+}
+
 /// The effects an operation may have.
 pub struct Env<'a> {
     pub maps: &'a mut dyn Maps,
@@ -694,8 +701,7 @@ impl State {
     /// Advance the clock conntrack stamps flows with (ahead of the coarse clock, so stamps are
     /// never older than the packet).
     pub fn tick_clock(&mut self, env: &mut Env) -> Result<(), MapsError> {
-        env.maps
-            .set_clock(env.clock.mono_ns + lb_common::CLOCK_LEAD_NS)
+        env.maps.set_clock(env.clock.stamp())
     }
 
     /// Turn the capture flag of `CONFIG` on or off.

@@ -10,14 +10,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{Addr, FlowKey, FlowState, VipKey, VipMeta, family_of, hash::flow_hash};
+use lb_common::{FlowState, VipKey, VipMeta, family_of, hash::flow_hash};
 use ring::digest;
 
 use super::{Env, Maps, MapsError, State};
-use crate::{config::VipRef, sync::wire::FlowRecord};
+use crate::{
+    config::{VipRef, flow_key},
+    sync::wire::FlowRecord,
+};
 
 /// `FlowState::_pad` of an entry written from a peer's record; the low bits keep the written
 /// stamp so a later packet through this node (which restamps it) shows the flow is now ours.
@@ -171,7 +174,7 @@ impl State {
     ) -> Received {
         let ours = self.vip_digests();
         let mut r = Received::default();
-        let now = env.clock.mono_ns + lb_common::CLOCK_LEAD_NS;
+        let now = env.clock.stamp();
         let by_member = self.ids.by_member();
         let refuse = |r: &mut Received, why: &'static str| {
             *r.refused.entry(why).or_default() += 1;
@@ -199,15 +202,11 @@ impl State {
                 refuse(&mut r, "unknown_backend");
                 continue;
             };
-            let key = FlowKey {
-                src: Addr::from(rec.src),
-                dst: Addr::from(rec.vip.address),
-                src_port_be: rec.src_port.to_be(),
-                dst_port_be: rec.vip.port.to_be(),
-                proto: rec.vip.protocol.number(),
-                family: family_of(&rec.vip.address),
-                _pad: [0; 2],
-            };
+            let key = flow_key(
+                SocketAddr::new(rec.src, rec.src_port),
+                SocketAddr::new(rec.vip.address, rec.vip.port),
+                rec.vip.protocol,
+            );
             match env.maps.flow(&key) {
                 Ok(Some(s)) if s._pad & SYNCED == 0 || !is_peer_only(&s) => {
                     r.local += 1;

@@ -1160,15 +1160,11 @@ fn a_drained_node_is_saved_at_once_and_restored_after_a_restart() {
 /// The key of a flow from 192.0.2.1:`port` to VIP_A.
 fn vip_a_key(port: u16) -> FlowKey {
     let v = vref(VIP_A);
-    FlowKey {
-        src: lb_common::Addr::from(ip("192.0.2.1")),
-        dst: lb_common::Addr::from(v.address),
-        src_port_be: port.to_be(),
-        dst_port_be: v.port.to_be(),
-        proto: v.protocol.number(),
-        family: lb_common::family_of(&v.address),
-        _pad: [0; 2],
-    }
+    crate::config::flow_key(
+        std::net::SocketAddr::new(ip("192.0.2.1"), port),
+        std::net::SocketAddr::new(v.address, v.port),
+        v.protocol,
+    )
 }
 
 /// A flow from 192.0.2.1:`port` to VIP_A, tracked on `id`, stamped now.

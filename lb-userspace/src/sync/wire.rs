@@ -334,6 +334,17 @@ mod tests {
             back.extend(got.records);
         }
         assert_eq!(back, records);
+        // A datagram holds RECORDS_PER_DATAGRAM flows of one VIP (what the docs' figures use).
+        let v4: Vec<FlowRecord> = records
+            .iter()
+            .filter(|r| r.src.is_ipv4())
+            .copied()
+            .collect();
+        let full = &v4[..RECORDS_PER_DATAGRAM];
+        let one = pack(&t, &digests, full);
+        assert_eq!((one.len(), RECORDS_PER_DATAGRAM), (1, 37));
+        assert!(one[0].encode(&key(1)).len() <= MAX_DATAGRAM);
+        assert_eq!(pack(&t, &digests, &v4[..RECORDS_PER_DATAGRAM + 1]).len(), 2);
         let empty = pack(&t, &digests, &[]);
         assert_eq!(empty.len(), 1);
         assert_eq!(
