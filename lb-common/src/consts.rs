@@ -37,6 +37,8 @@ pub mod map_names {
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Published VIPs by id, for established packets (`VipSlot`).
+    pub const VIP_BY_ID: &str = "VIP_BY_ID";
     /// Bitmap of hashed VIP addresses: most non-VIP traffic is told apart with one array load.
     pub const VIP_FILTER: &str = "VIP_FILTER";
     /// The daemon's clock for conntrack stamps.
@@ -54,6 +56,7 @@ pub mod map_names {
     /// The maps the daemon pins and checks on adoption.
     pub const ALL: &[&str] = &[
         VIPS,
+        VIP_BY_ID,
         RINGS,
         BACKENDS,
         CONNTRACK,

@@ -4,9 +4,9 @@
 
 use crate::{
     consts::{HASH_SRC_DST_IP, PROTO_TCP, VIP_F_NO_CONNTRACK},
-    hash::{flow_hash, jhash_2words},
+    hash::flow_hash,
     stats::Reason,
-    types::{Backend, FlowKey, VipKey, VipMeta},
+    types::{Backend, FlowKey, FlowState, VipKey, VipMeta, VipSlot},
 };
 
 /// What the parser found, in the terms the decision needs.
@@ -46,14 +46,6 @@ pub enum Pick {
     Deferred,
 }
 
-/// A conntrack entry as the decision sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub backend_id: u32,
-    /// Idle past the VIP's timeout.
-    pub expired: bool,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub backend_id: u32,
@@ -66,8 +58,14 @@ pub struct Decision {
 /// The tables the decision reads and the one it writes.
 pub trait Tables {
     fn vip(&self, key: &VipKey) -> Option<VipMeta>;
-    /// This flow's entry, judged against `timeout_s`; a live entry is stamped with the clock.
-    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry>;
+    /// The published VIP with this id (`VIP_BY_ID`).
+    fn vip_by_id(&self, vip_id: u32) -> Option<VipSlot>;
+    /// This flow's conntrack entry.
+    fn flow(&mut self, key: &FlowKey) -> Option<FlowState>;
+    /// The clock conntrack entries are stamped with.
+    fn now(&self) -> u64;
+    /// Stamp the entry of `key`, last returned by `flow`, with `now` (a flow that goes on).
+    fn stamp(&mut self, key: &FlowKey, now: u64);
     fn backend(&self, id: u32) -> Option<&Backend>;
     /// Entry `slot` of VIP `vip_id`'s ring (0: empty slot).
     fn ring_entry(&self, vip_id: u32, slot: u32) -> Option<u32>;
@@ -83,18 +81,62 @@ pub trait Tables {
     }
 }
 
+/// The pre-filter: a packet whose destination is no VIP address passes, with the reason the
+/// lookups would give.
+#[inline(always)]
+pub fn check_vip_address<T: Tables>(t: &T, pkt: &Packet) -> Result<(), Reason> {
+    if t.may_be_vip(&pkt.key.dst) {
+        return Ok(());
+    }
+    Err(match pkt.kind {
+        PKT_FRAGMENT => Reason::PassFragment,
+        PKT_ICMP_ERROR => Reason::PassIcmp,
+        _ => Reason::PassNotVip,
+    })
+}
+
+/// An established flow on a live backend, found with one hash lookup: the conntrack entry
+/// names the backend, the backend its VIP id, and `VIP_BY_ID` that VIP, which must still be
+/// published for this packet's address, port and protocol. Anything else (no entry, a SYN, a
+/// backend down, an entry idle past the timeout, a stateless VIP) goes on to `lookup_vip` and
+/// `decide`, with the entry already read (`Err`).
+///
+/// One difference from looking the VIP up by address: a flow tracked under a wildcard VIP
+/// keeps its backend when a VIP for its own port is added later (a new VIP takes new flows; it
+/// never breaks one).
+#[inline(always)]
+pub fn established<T: Tables>(t: &mut T, pkt: &Packet) -> Result<Decision, Option<FlowState>> {
+    // Fragments are stateless; a SYN opens a flow and takes the ring.
+    if pkt.syn || pkt.kind == PKT_FRAGMENT || pkt.kind == PKT_ECHO {
+        return Err(None);
+    }
+    let Some(s) = t.flow(&pkt.key) else {
+        return Err(None);
+    };
+    let tracked = match t.backend(s.backend_id) {
+        Some(b) if b.vip != 0 && !b.is_down() => t.vip_by_id(b.vip as u32 - 1),
+        _ => None,
+    };
+    let Some(v) = tracked.filter(|v| v.holds(&pkt.key)) else {
+        return Err(Some(s));
+    };
+    let now = t.now();
+    if v.meta.flags & VIP_F_NO_CONNTRACK != 0 || s.expired(now, v.meta.idle_timeout_s) {
+        return Err(Some(s));
+    }
+    t.stamp(&pkt.key, now);
+    Ok(Decision {
+        backend_id: s.backend_id,
+        pick: Pick::Tracked,
+        vip: v.meta,
+        slot: 0,
+    })
+}
+
 /// The VIP a packet belongs to, with fragment handling applied.
 #[inline(always)]
 pub fn lookup_vip<T: Tables>(t: &T, pkt: &Packet) -> Result<VipMeta, Reason> {
     let k = &pkt.key;
-    if !t.may_be_vip(&k.dst) {
-        // The reasons the lookups below would give.
-        return Err(match pkt.kind {
-            PKT_FRAGMENT => Reason::PassFragment,
-            PKT_ICMP_ERROR => Reason::PassIcmp,
-            _ => Reason::PassNotVip,
-        });
-    }
     let mut vk = VipKey {
         addr: k.dst,
         port_be: k.dst_port_be,
@@ -121,13 +163,15 @@ pub fn lookup_vip<T: Tables>(t: &T, pkt: &Packet) -> Result<VipMeta, Reason> {
     })
 }
 
-/// Pick the backend for a packet of a known VIP.
+/// Pick the backend for a packet of a known VIP; `flow` is its conntrack entry as
+/// `established` read it.
 #[inline(always)]
 pub fn decide<T: Tables>(
     t: &mut T,
     pkt: &Packet,
     vip: VipMeta,
     seed: u32,
+    flow: Option<FlowState>,
 ) -> Result<Decision, Reason> {
     let stateful = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let mut pick = Pick::Ring;
@@ -135,15 +179,17 @@ pub fn decide<T: Tables>(
     let mut had_entry = false;
     if stateful
         && !pkt.syn
-        && let Some(e) = t.tracked(&pkt.key, vip.idle_timeout_s)
+        && let Some(s) = flow
     {
         had_entry = true;
-        match t.backend(e.backend_id) {
-            _ if e.expired => pick = Pick::Expired,
+        let now = t.now();
+        match t.backend(s.backend_id) {
+            _ if s.expired(now, vip.idle_timeout_s) => pick = Pick::Expired,
             Some(b) if !b.serves(vip.vip_id) => {} // a reused id: a new flow for this VIP
             Some(b) if !b.is_down() => {
+                t.stamp(&pkt.key, now);
                 return Ok(Decision {
-                    backend_id: e.backend_id,
+                    backend_id: s.backend_id,
                     pick: Pick::Tracked,
                     vip,
                     slot: 0,
@@ -170,7 +216,7 @@ pub fn decide<T: Tables>(
         // its first non-SYN packet, which a spoofed source never sends. Rewriting an existing
         // entry takes no room: a deferred SYN still replaces its five-tuple's old entry.
         let starts = !had_entry && (pkt.syn || pkt.key.proto != PROTO_TCP);
-        if starts && !t.admit() && !(pkt.syn && t.tracked(&pkt.key, 0).is_some()) {
+        if starts && !t.admit() && !(pkt.syn && t.flow(&pkt.key).is_some()) {
             pick = Pick::Deferred;
         } else {
             t.track(&pkt.key, id);
@@ -184,24 +230,33 @@ pub fn decide<T: Tables>(
     })
 }
 
-/// The full decision: VIP lookup, then backend.
+/// The full decision: the address pre-filter, an established flow, else the VIP lookup and
+/// the backend.
 #[inline(always)]
 pub fn route<T: Tables>(t: &mut T, pkt: &Packet, seed: u32) -> Result<Decision, Reason> {
+    check_vip_address(t, pkt)?;
+    let flow = match established(t, pkt) {
+        Ok(d) => return Ok(d),
+        Err(flow) => flow,
+    };
     let vip = lookup_vip(t, pkt)?;
-    decide(t, pkt, vip, seed)
+    decide(t, pkt, vip, seed, flow)
 }
 
 /// Per-flow entropy for the outer source address / GUE source port, so backends' RSS spreads
-/// encapsulated flows. Cheaper than the ring hash: it runs on every forwarded packet.
+/// encapsulated flows. It runs on every forwarded packet and BPF has no rotate: a multiply-xorshift
+/// finaliser (murmur3's fmix32) is a dozen instructions where a jhash round was ninety, and mixes
+/// every input bit into the low bits the masks keep.
 #[inline(always)]
 pub fn encap_entropy(key: &FlowKey) -> u32 {
     let s = &key.src.0;
-    let addr = s[0] ^ s[1] ^ s[2] ^ s[3];
-    jhash_2words(
-        addr,
-        ((key.src_port_be as u32) << 16) | key.dst_port_be as u32,
-        key.proto as u32,
-    )
+    let ports = ((key.src_port_be as u32) << 16) | key.dst_port_be as u32;
+    let mut x = s[0] ^ s[1] ^ s[2] ^ s[3] ^ ports.wrapping_mul(0x9e37_79b1) ^ key.proto as u32;
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^ (x >> 16)
 }
 
 /// Every kind of pick, through the shared decision over the reference model's tables.
@@ -291,6 +346,36 @@ mod tests {
 
     fn slot_of(k: &FlowKey) -> u32 {
         crate::hash::flow_hash(k, crate::consts::HASH_FIVE_TUPLE, SEED) % RING
+    }
+
+    /// Backends' RSS sees only the masked low bits: flows that differ in one source port or one
+    /// client address must still spread evenly over them.
+    #[test]
+    fn encap_entropy_spreads_neighbouring_flows_over_the_low_bits() {
+        let spread = |keys: &mut dyn Iterator<Item = FlowKey>, bits: u32| {
+            let mut buckets = vec![0u32; 1 << bits];
+            let mut n = 0;
+            for k in keys {
+                buckets[(encap_entropy(&k) & ((1 << bits) - 1)) as usize] += 1;
+                n += 1;
+            }
+            let mean = n / (1 << bits);
+            let (lo, hi) = (buckets.iter().min().copied(), buckets.iter().max().copied());
+            assert!(
+                lo >= Some(mean / 2) && hi <= Some(mean * 2),
+                "{bits} bits: min {lo:?} max {hi:?} mean {mean}"
+            );
+        };
+        spread(&mut (0..16384u16).map(|p| key(1, 80, p, PROTO_TCP)), 8);
+        spread(&mut (0..16384u16).map(|p| key(1, 80, p, PROTO_UDP)), 6);
+        spread(
+            &mut (0..16384u32).map(|i| {
+                let mut k = key(1, 80, 40000, PROTO_TCP);
+                k.src = Addr::v4(u32::from_be(0xc000_0000 | i));
+                k
+            }),
+            8,
+        );
     }
 
     #[test]
@@ -439,6 +524,82 @@ mod tests {
             m.route(&p).map(|d| d.backend_id),
             Ok(3 - (1 + slot_of(&k) % 2))
         );
+    }
+
+    /// The one-lookup path: entry -> backend -> its VIP by id; the VIP map is not consulted.
+    #[test]
+    fn an_established_flow_reaches_its_vip_by_the_backends_id() {
+        let mut m = model();
+        let k = key(1, 80, 40010, PROTO_TCP);
+        let first = m.route(&pkt(k, true)).expect("forwarded");
+        let vips = m.vips.clone();
+        let d = established(&mut m, &pkt(k, false)).expect("established");
+        assert_eq!(
+            (d.pick, d.backend_id, d.vip),
+            (Pick::Tracked, first.backend_id, first.vip)
+        );
+        // Without the slot (an older daemon's maps) the lookup by address answers the same.
+        m.vips.clear();
+        assert_eq!(
+            established(&mut m, &pkt(k, false)).err(),
+            Some(Some(m.conntrack[&k]))
+        );
+        m.vips = vips;
+        // A SYN, a stateless VIP's packet and an idle entry never take this path.
+        assert_eq!(established(&mut m, &pkt(k, true)), Err(None));
+        m.now += 31_000_000_000;
+        assert!(
+            established(&mut m, &pkt(k, false)).is_err(),
+            "idle past the timeout"
+        );
+        assert_eq!(m.route(&pkt(k, false)).map(|d| d.pick), Ok(Pick::Expired));
+    }
+
+    #[test]
+    fn a_vip_id_reused_for_another_address_does_not_carry_old_flows() {
+        let mut m = model();
+        let k = key(1, 80, 40011, PROTO_TCP);
+        m.route(&pkt(k, true)).expect("forwarded");
+        // VIP id 0 now belongs to 10.0.0.3:80 (its backends keep their ids and tags).
+        let meta = m.vips.remove(&VipKey {
+            addr: a(1),
+            port_be: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        });
+        let moved = VipKey {
+            addr: a(3),
+            port_be: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        };
+        m.vips.insert(moved, meta.expect("vip 0"));
+        assert!(established(&mut m, &pkt(k, false)).is_err());
+        assert_eq!(m.route(&pkt(k, false)), Err(Reason::PassNotVip));
+    }
+
+    #[test]
+    fn a_flow_under_a_wildcard_keeps_its_backend_when_a_port_vip_is_added() {
+        let mut m = model();
+        let k = key(2, 7000, 40012, PROTO_UDP);
+        let d = m.route(&pkt(k, false)).expect("wildcard");
+        assert_eq!(d.backend_id, 4);
+        m.vips.insert(
+            VipKey {
+                addr: a(2),
+                port_be: 7000u16.to_be(),
+                proto: PROTO_UDP,
+                family: FAMILY_V4,
+            },
+            VipMeta {
+                vip_id: 1,
+                ring_size: RING,
+                ..VipMeta::default()
+            },
+        );
+        assert_eq!(m.route(&pkt(k, false)).map(|d| d.backend_id), Ok(4));
+        let new = key(2, 7000, 40013, PROTO_UDP);
+        assert_eq!(m.route(&pkt(new, false)).map(|d| d.backend_id), Ok(3));
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::{
 };
 
 use crate::{
-    decision::{self, Decision, Entry, Packet, Tables},
+    decision::{self, Decision, Packet, Tables},
     stats::Reason,
-    types::{Backend, FlowKey, FlowState, RateWindow, VipKey, VipMeta},
+    types::{Backend, FlowKey, FlowState, RateWindow, VipKey, VipMeta, VipSlot},
 };
 
 /// The forwarder's tables (conntrack is shared by every CPU, so one model is every CPU's view).
@@ -35,17 +35,22 @@ impl Tables for Model {
     fn vip(&self, key: &VipKey) -> Option<VipMeta> {
         self.vips.get(key).copied()
     }
-    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry> {
-        let now = self.now;
-        let s = self.conntrack.get_mut(key).filter(|s| s.backend_id != 0)?;
-        let expired = s.expired(now, timeout_s);
-        if !expired {
+    fn vip_by_id(&self, vip_id: u32) -> Option<VipSlot> {
+        vip_by_id(&self.vips, vip_id)
+    }
+    fn flow(&mut self, key: &FlowKey) -> Option<FlowState> {
+        self.conntrack
+            .get(key)
+            .filter(|s| s.backend_id != 0)
+            .copied()
+    }
+    fn now(&self) -> u64 {
+        self.now
+    }
+    fn stamp(&mut self, key: &FlowKey, now: u64) {
+        if let Some(s) = self.conntrack.get_mut(key) {
             s.last_seen_ns = now;
         }
-        Some(Entry {
-            backend_id: s.backend_id,
-            expired,
-        })
     }
     fn backend(&self, id: u32) -> Option<&Backend> {
         self.backends.get(&id)
@@ -66,6 +71,14 @@ impl Tables for Model {
     fn admit(&mut self) -> bool {
         self.rate.admit(self.now, self.new_flow_limit)
     }
+}
+
+/// What `VIP_BY_ID` holds for `vip_id`, derived from the VIP table (the daemon writes both):
+/// the port or wildcard VIP with that id; echo-only entries (ICMP) have no slot.
+pub fn vip_by_id(vips: &BTreeMap<VipKey, VipMeta>, vip_id: u32) -> Option<VipSlot> {
+    vips.iter()
+        .find(|(k, m)| m.vip_id == vip_id && VipSlot::carries(k))
+        .map(|(k, m)| VipSlot { key: *k, meta: *m })
 }
 
 impl Model {

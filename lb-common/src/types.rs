@@ -58,6 +58,35 @@ pub struct VipMeta {
     pub idle_timeout_s: u32,
 }
 
+/// Value of the `VIP_BY_ID` array: a published VIP found by its id. A tracked flow's backend
+/// names its VIP id (`Backend::vip`), so an established packet reaches its VIP through this array
+/// (a bounds check and a load) instead of a second hash lookup. All zero: no VIP has the id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    pub key: VipKey,
+    pub meta: VipMeta,
+}
+
+impl VipSlot {
+    /// Whether the VIP of `key` gets a slot: port VIPs and wildcards do, the echo entries of
+    /// addresses that answer ping (ICMP keys) do not.
+    #[inline(always)]
+    pub fn carries(key: &VipKey) -> bool {
+        key.proto == crate::consts::PROTO_TCP || key.proto == crate::consts::PROTO_UDP
+    }
+
+    /// Whether a flow addressed by `key` belongs to this VIP (its port, or any port for a
+    /// wildcard). An empty slot holds nothing: family 0 is no family.
+    #[inline(always)]
+    pub fn holds(&self, key: &FlowKey) -> bool {
+        self.key.family == key.family
+            && self.key.proto == key.proto
+            && self.key.addr == key.dst
+            && (self.key.port_be == key.dst_port_be || self.key.port_be == 0)
+    }
+}
+
 /// Value of the `BACKENDS` array, indexed by backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,6 +238,7 @@ const _: () = {
     assert!(core::mem::size_of::<Addr>() == 16);
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipMeta>() == 16);
+    assert!(core::mem::size_of::<VipSlot>() == 36);
     assert!(core::mem::size_of::<Backend>() == 36);
     assert!(crate::consts::MAX_VIPS < u16::MAX as u32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
@@ -225,6 +255,7 @@ mod pod {
     unsafe impl aya::Pod for Addr {}
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipSlot {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}

@@ -5,7 +5,10 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     Backend, CFG_F_VIP_FILTER, CFG_F_WILDCARD_VIPS, LbConfig, MTU_DEFAULT, VIP_F_NO_CONNTRACK,
     capture::{CAPTURE_NO_VIP, CaptureConfig, outcome},
-    decision::{PKT_ECHO, PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, decide, lookup_vip},
+    decision::{
+        PKT_ECHO, PKT_FRAGMENT, PKT_ICMP_ERROR, PKT_NORMAL, check_vip_address, decide, established,
+        lookup_vip,
+    },
     stats::Reason,
 };
 
@@ -81,10 +84,19 @@ fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Resul
         wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
         filter: cfg.flags & CFG_F_VIP_FILTER != 0,
         new_flow_limit: cfg.new_flow_limit,
+        last: core::ptr::null_mut(),
     };
-    let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
+    check_vip_address(&maps, &p.pkt).map_err(Verdict::of)?;
+    let d = match established(&mut maps, &p.pkt) {
+        Ok(d) => d,
+        Err(flow) => {
+            let vip = lookup_vip(&maps, &p.pkt).map_err(Verdict::of)?;
+            seen.vip_id = vip.vip_id;
+            decide(&mut maps, &p.pkt, vip, cfg.hash_seed, flow).map_err(Verdict::of)?
+        }
+    };
+    let vip = d.vip;
     seen.vip_id = vip.vip_id;
-    let d = decide(&mut maps, &p.pkt, vip, cfg.hash_seed).map_err(Verdict::of)?;
     let backend = BACKENDS
         .get(d.backend_id)
         .ok_or(Verdict::drop(Reason::DropBadBackend))?;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, CONNTRACK_DEFAULT_ENTRIES, FlowKey, FlowState, LbConfig, MAX_BACKENDS, MAX_TX_PORTS,
-    MAX_VIPS, RING_SIZE_DEFAULT, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta,
+    MAX_VIPS, RING_SIZE_DEFAULT, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta, VipSlot,
     capture::{CAPTURE_RING_BYTES, CaptureConfig, CaptureCounters, CaptureScratch},
     stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_SLOTS, VipStats},
 };
@@ -18,6 +18,12 @@ const BPF_F_INNER_MAP: usize = lb_common::BPF_F_INNER_MAP as usize;
 /// A hash map: exact-match lookups on a sparse key space.
 #[btf_map]
 pub static VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new();
+
+/// vip_id -> the published VIP (key and meta; zero: none), written by the daemon with `VIPS`.
+/// Established packets reach their VIP through the backend's VIP id here: an array load where
+/// a `VIPS` lookup is a second hash of the packet.
+#[btf_map]
+pub static VIP_BY_ID: Array<VipSlot, { MAX_VIPS as usize }> = Array::new();
 
 /// vip_id -> that VIP's Maglev ring (an array of backend ids). The daemon builds a new inner array
 /// and swaps it in with one update, so a packet sees either the old ring or the new, never a mix.

@@ -1,11 +1,8 @@
 //! The decision's tables, backed by the BPF maps.
 
-use lb_common::{
-    Backend, FlowKey, FlowState, VipKey, VipMeta,
-    decision::{Entry, Tables},
-};
+use lb_common::{Backend, FlowKey, FlowState, VipKey, VipMeta, VipSlot, decision::Tables};
 
-use crate::maps::{BACKENDS, CLOCK, CONNTRACK, NEW_FLOW_RATE, RINGS, VIP_FILTER, VIPS};
+use crate::maps::{BACKENDS, CLOCK, CONNTRACK, NEW_FLOW_RATE, RINGS, VIP_BY_ID, VIP_FILTER, VIPS};
 
 pub struct Maps {
     /// Some VIP is a port-0 wildcard (`CFG_F_WILDCARD_VIPS`); otherwise port-0 lookups are
@@ -15,6 +12,8 @@ pub struct Maps {
     pub filter: bool,
     /// `LbConfig::new_flow_limit`.
     pub new_flow_limit: u32,
+    /// The conntrack entry `flow` found last, stamped in place by `stamp` (no second lookup).
+    pub last: *mut FlowState,
 }
 
 impl Tables for Maps {
@@ -40,23 +39,36 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry> {
+    fn vip_by_id(&self, vip_id: u32) -> Option<VipSlot> {
+        VIP_BY_ID.get(vip_id).copied()
+    }
+
+    #[inline(always)]
+    fn flow(&mut self, key: &FlowKey) -> Option<FlowState> {
         let state = CONNTRACK.get_ptr_mut(key)?;
-        let now = now();
-        // SAFETY: a value of our map, read and written in aligned words: another CPU may
-        // stamp the same entry concurrently, which only races two equal-enough clock values;
-        // a rewrite by another CPU replaces the element, never tears this one.
+        self.last = state;
+        // SAFETY: a value of our map, read in aligned words: another CPU may stamp the same
+        // entry concurrently, which only races two equal-enough clock values; a rewrite by
+        // another CPU replaces the element, never tears this one.
+        Some(unsafe { *state })
+    }
+
+    #[inline(always)]
+    fn now(&self) -> u64 {
+        now()
+    }
+
+    #[inline(always)]
+    fn stamp(&mut self, _key: &FlowKey, now: u64) {
+        if self.last.is_null() {
+            return;
+        }
+        // SAFETY: the entry `flow` returned (see there); the clock moves once a second, so
+        // the entry is written only when it changed, not on every packet.
         unsafe {
-            let s = *state;
-            let expired = s.expired(now, timeout_s);
-            // The clock moves once a second: stamp only when it changed (no write per packet).
-            if !expired && s.last_seen_ns != now {
-                (*state).last_seen_ns = now;
+            if (*self.last).last_seen_ns != now {
+                (*self.last).last_seen_ns = now;
             }
-            Some(Entry {
-                backend_id: s.backend_id,
-                expired,
-            })
         }
     }
 

@@ -78,6 +78,25 @@ impl Fixture {
         self.set_backend(id, b);
     }
 
+    /// A backend id that serves only VIP `vip_id` (tagged, as the daemon writes them).
+    pub fn add_backend_of(&mut self, id: u32, ip: &str, vip_id: u32) {
+        let ip: IpAddr = ip.parse().expect("backend address");
+        let b = Backend {
+            addr: Addr::from(ip),
+            dst_mac: backend_mac(id),
+            family: family_of(&ip),
+            vip: Backend::vip_tag(vip_id),
+            ..Backend::default()
+        };
+        self.set_backend(id, b);
+    }
+
+    /// Unpublish a VIP on both sides (its ring stays, as between the daemon's two writes).
+    pub fn remove_vip(&mut self, key: &VipKey) {
+        self.dp.remove_vip(key).expect("remove vip");
+        self.model.vips.remove(key);
+    }
+
     pub fn set_backend(&mut self, id: u32, b: Backend) {
         self.dp.set_backend(id, &b).expect("backend");
         self.model.backends.insert(id, b);

@@ -31,11 +31,46 @@ pub const VIP_TCP4_OVER6: u32 = 8; // 10.0.0.40:80/tcp 4in6 -> 11,12
 pub const VIP_EMPTY: u32 = 9; // 10.0.0.50:80/tcp, no backends
 
 pub fn topology(conntrack_entries: u32) -> Fixture {
+    build(conntrack_entries, false)
+}
+
+/// The same VIPs with backends as the daemon makes them: every (VIP, backend) its own id,
+/// `vip_id * 100 + n` for backend `n` above, tagged with its VIP. Established packets then find
+/// their VIP through the backend's tag (`VIP_BY_ID`), not the VIP map.
+pub fn tagged_topology(conntrack_entries: u32) -> Fixture {
+    build(conntrack_entries, true)
+}
+
+/// Id of backend `n` of the topology's lists in VIP `vip_id` of `tagged_topology`.
+pub const fn tagged_id(vip_id: u32, n: u32) -> u32 {
+    vip_id * 100 + n
+}
+
+fn build(conntrack_entries: u32, tagged: bool) -> Fixture {
     let mut f = Fixture::new(conntrack_entries);
-    for (id, ip) in V4_BACKENDS.iter().chain(V6_BACKENDS.iter()) {
-        f.add_backend(*id, ip);
+    let all = || V4_BACKENDS.iter().chain(V6_BACKENDS.iter());
+    if !tagged {
+        for (id, ip) in all() {
+            f.add_backend(*id, ip);
+        }
     }
-    let w = |ids: &[u32]| ids.iter().map(|&i| (i, 1)).collect::<Vec<_>>();
+    // Members of VIP `vip`; in the tagged topology they are created for it.
+    let w = |f: &mut Fixture, vip: u32, ids: &[u32]| {
+        ids.iter()
+            .map(|&n| {
+                if !tagged {
+                    return (n, 1);
+                }
+                let ip = all()
+                    .find(|(i, _)| *i == n)
+                    .map(|(_, ip)| *ip)
+                    .expect("listed");
+                f.add_backend_of(tagged_id(vip, n), ip, vip);
+                (tagged_id(vip, n), 1)
+            })
+            .collect::<Vec<_>>()
+    };
+    let m = w(&mut f, VIP_TCP4, &[1, 2, 3]);
     f.add_vip(
         VIP_TCP4,
         "10.0.0.10",
@@ -45,8 +80,9 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_IPIP,
         0,
         RING_SIZE_DEFAULT,
-        &w(&[1, 2, 3]),
+        &m,
     );
+    let m = w(&mut f, VIP_UDP4_GUE, &[1, 2, 3]);
     f.add_vip(
         VIP_UDP4_GUE,
         "10.0.0.10",
@@ -56,8 +92,9 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_GUE,
         0,
         SMALL_RING,
-        &w(&[1, 2, 3]),
+        &m,
     );
+    let m = w(&mut f, VIP_TCP6, &[11, 12, 13]);
     f.add_vip(
         VIP_TCP6,
         "fd00::10",
@@ -67,8 +104,9 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_IPIP,
         0,
         SMALL_RING,
-        &w(&[11, 12, 13]),
+        &m,
     );
+    let m = w(&mut f, VIP_TCP6_GUE4, &[1, 2]);
     f.add_vip(
         VIP_TCP6_GUE4,
         "fd00::20",
@@ -78,8 +116,9 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_GUE,
         0,
         SMALL_RING,
-        &w(&[1, 2]),
+        &m,
     );
+    let m = w(&mut f, VIP_L2_ANY, &[1, 2, 3, 4]);
     f.add_vip(
         VIP_L2_ANY,
         "10.0.0.20",
@@ -89,8 +128,9 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_L2,
         0,
         SMALL_RING,
-        &w(&[1, 2, 3, 4]),
+        &m,
     );
+    let m = w(&mut f, VIP_UDP4_ANY, &[1, 2]);
     f.add_vip(
         VIP_UDP4_ANY,
         "10.0.0.30",
@@ -100,8 +140,9 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_IPIP,
         0,
         SMALL_RING,
-        &w(&[1, 2]),
+        &m,
     );
+    let m = w(&mut f, VIP_UDP6_ANY, &[11, 12]);
     f.add_vip(
         VIP_UDP6_ANY,
         "fd00::30",
@@ -111,8 +152,9 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_IPIP,
         0,
         SMALL_RING,
-        &w(&[11, 12]),
+        &m,
     );
+    let m = w(&mut f, VIP_TCP4_OVER6, &[11, 12]);
     f.add_vip(
         VIP_TCP4_OVER6,
         "10.0.0.40",
@@ -122,7 +164,7 @@ pub fn topology(conntrack_entries: u32) -> Fixture {
         FWD_IPIP,
         0,
         SMALL_RING,
-        &w(&[11, 12]),
+        &m,
     );
     f.add_vip(
         VIP_EMPTY,

@@ -1109,3 +1109,59 @@ fn echo_requests_to_a_vip_that_answers_ping_get_exact_replies() {
         assert_eq!(out.action, XDP_PASS);
     }
 }
+
+/// Established packets reach their VIP through their backend's tag and `VIP_BY_ID`, with one
+/// hash lookup (conntrack): with the VIP map's entry gone and the slot kept, a tracked flow's
+/// ACK is still forwarded byte for byte while its SYN is no VIP packet; with the slot gone and
+/// the map entry back, the lookup by address answers the same bytes.
+#[test]
+fn established_packets_find_their_vip_through_the_backends_tag() {
+    use aya::maps::{Array, HashMap};
+    use lb_common::{VipKey, VipMeta, VipSlot, map_names};
+    pin_to_cpu0();
+    let mut f = tagged_topology(4096);
+    let s = Spec::new("192.0.2.1", 40000, "10.0.0.10", 80, 6);
+    let b = forward(&mut f, &s.clone().syn());
+    assert_eq!(b / 100, VIP_TCP4, "a backend id of the VIP");
+    let ack = s.build();
+    let want = expect_forward(&mut f, &ack, 0, &packet_of(&s));
+    assert_eq!(want, b);
+    let bytes = f.run(&ack).frame;
+
+    let key = VipKey {
+        addr: lb_common::Addr::from("10.0.0.10".parse::<std::net::IpAddr>().expect("ip")),
+        port_be: 80u16.to_be(),
+        proto: 6,
+        family: lb_common::FAMILY_V4,
+    };
+    let meta = f.model.vips[&key];
+    {
+        let mut vips: HashMap<_, VipKey, VipMeta> =
+            HashMap::try_from(f.dp.map_mut_by_name(map_names::VIPS).expect("map")).expect("vips");
+        vips.remove(&key).expect("remove");
+    }
+    let out = f.run(&ack);
+    assert_eq!(
+        (out.action, &out.frame),
+        (XDP_TX, &bytes),
+        "ACK without the VIP map"
+    );
+    let syn = run_counted(&mut f, &s.clone().syn().build(), Reason::PassNotVip);
+    assert_eq!(syn.action, XDP_PASS);
+
+    {
+        let mut vips: HashMap<_, VipKey, VipMeta> =
+            HashMap::try_from(f.dp.map_mut_by_name(map_names::VIPS).expect("map")).expect("vips");
+        vips.insert(key, meta, 0).expect("insert");
+        let mut slots: Array<_, VipSlot> =
+            Array::try_from(f.dp.map_mut_by_name(map_names::VIP_BY_ID).expect("map"))
+                .expect("slots");
+        slots.set(VIP_TCP4, VipSlot::default(), 0).expect("clear");
+    }
+    let out = f.run(&ack);
+    assert_eq!(
+        (out.action, &out.frame),
+        (XDP_TX, &bytes),
+        "ACK without the slot"
+    );
+}

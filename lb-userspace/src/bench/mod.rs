@@ -4,6 +4,7 @@
 
 pub mod perpacket;
 pub mod sandbox;
+mod testrun;
 pub mod throughput;
 
 use std::{collections::BTreeMap, fmt::Write as _, time::Instant};

@@ -35,7 +35,7 @@ struct Vip {
     backends: std::ops::Range<u32>,
 }
 
-/// id -> address of the benchmark's backends: 1..=16 IPv4, 17..=32 IPv6, 100..1100 IPv4.
+/// id -> address of the benchmark's backends: 1..=16 IPv4, 17..=32 IPv6, the others IPv4.
 fn backend_addr(id: u32) -> IpAddr {
     match id {
         1..=16 => format!("10.1.0.{id}").parse().expect("v4"),
@@ -93,12 +93,12 @@ fn setup(dp: &mut Dataplane) -> Result<()> {
         Vip {
             addr: "10.0.0.11",
             fwd: FWD_GUE,
-            backends: 1..17,
+            backends: 33..49,
         },
         Vip {
             addr: "10.0.0.12",
             fwd: FWD_L2,
-            backends: 1..17,
+            backends: 49..65,
         },
         Vip {
             addr: "fd00::10",
@@ -124,7 +124,8 @@ fn setup(dp: &mut Dataplane) -> Result<()> {
                     tx_port: 0,
                     family: family_of(&ip),
                     state: 0,
-                    vip: 0,
+                    // Each id serves one VIP, as the daemon assigns them.
+                    vip: Backend::vip_tag(vip_id as u32),
                 },
             )?;
             members.push(MaglevBackend {
@@ -169,15 +170,13 @@ fn measure(
     batches: usize,
     per_batch: usize,
 ) -> Result<Figure> {
+    let mut runner = super::testrun::Runner::new(dp.program_fd(prog)?);
     let mut means = Vec::with_capacity(batches);
     let mut i = 0;
     for _ in 0..batches {
-        let mut total = 0u128;
+        let mut total = 0u64;
         for _ in 0..per_batch {
-            total += dp
-                .test_run(prog, &frames[i % frames.len()])?
-                .duration
-                .as_nanos();
+            total += runner.run(&frames[i % frames.len()])?.1 as u64;
             i += 1;
         }
         means.push(total as f64 / per_batch as f64);

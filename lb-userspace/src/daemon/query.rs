@@ -4,8 +4,8 @@
 use std::{collections::HashMap, net::SocketAddr, time::Instant};
 
 use lb_common::{
-    Backend, FlowKey, VipKey, VipMeta,
-    decision::{self, Entry, PKT_NORMAL, Packet, Pick, Tables},
+    Backend, FlowKey, FlowState, VipKey, VipMeta, VipSlot,
+    decision::{self, PKT_NORMAL, Packet, Pick, Tables},
     stats::{BackendStats, VipStats},
 };
 
@@ -417,15 +417,19 @@ impl Tables for Live<'_> {
     fn vip(&self, key: &VipKey) -> Option<VipMeta> {
         self.c.state.published().vips.get(key).copied()
     }
-    fn tracked(&mut self, key: &FlowKey, timeout_s: u32) -> Option<Entry> {
+    fn vip_by_id(&self, vip_id: u32) -> Option<VipSlot> {
+        lb_common::model::vip_by_id(&self.c.state.published().vips, vip_id)
+    }
+    fn flow(&mut self, key: &FlowKey) -> Option<FlowState> {
         let s = self.c.maps.flow(key).ok()??;
         // One entry, read by every CPU.
         self.cpus = (0..self.c.node.cpus).collect();
-        Some(Entry {
-            backend_id: s.backend_id,
-            expired: s.expired(self.c.mono_ns, timeout_s),
-        })
+        Some(s)
     }
+    fn now(&self) -> u64 {
+        self.c.mono_ns
+    }
+    fn stamp(&mut self, _: &FlowKey, _: u64) {}
     fn backend(&self, id: u32) -> Option<&Backend> {
         self.c.state.members().get(&id).map(|m| &m.value)
     }

@@ -19,7 +19,7 @@ use aya::{
 };
 pub use error::{AdoptError, DataplaneError};
 use lb_common::{
-    Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta,
+    Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta, VipSlot,
     capture::{CaptureConfig, CaptureCounters},
     map_names as names,
     stats::{BackendStats, Counter, REASON_COUNT, Reason, VipStats},
@@ -49,11 +49,16 @@ pub struct LoadOptions {
 /// The maps `share_tables_from` shares: what the forwarder reads and never writes.
 pub const READ_ONLY_TABLES: &[&str] = &[
     names::VIPS,
+    names::VIP_BY_ID,
     names::RINGS,
     names::BACKENDS,
     names::TX_PORTS,
     names::VIP_FILTER,
 ];
+
+/// Shared tables an older daemon may not have pinned: without them the forwarder finds every
+/// VIP through `VIPS` (the same answers, a little slower).
+const OPTIONAL_SHARED: &[&str] = &[names::VIP_BY_ID];
 
 impl Default for LoadOptions {
     fn default() -> Self {
@@ -140,6 +145,9 @@ impl Dataplane {
                 let path = dir.join(name);
                 // The loader pins a map it creates at a missing path: never in the live directory.
                 if !path.exists() {
+                    if OPTIONAL_SHARED.contains(&name) {
+                        continue;
+                    }
                     return Err(DataplaneError::NothingPinned(path.display().to_string()));
                 }
                 loader.map_pin_path(name, path);
@@ -164,13 +172,38 @@ impl Dataplane {
                 source,
             })?;
         }
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
             pin_state,
             links: HashMap::new(),
             ready_rings: HashMap::new(),
-        })
+        };
+        // Adopted maps of a build before `VIP_BY_ID` (or a slot table out of step after a
+        // crash between the two writes): rebuild the slots from what `VIPS` publishes.
+        if pin_state == PinState::Adopted {
+            dp.sync_vip_slots()?;
+        }
+        Ok(dp)
+    }
+
+    /// Make `VIP_BY_ID` say what `VIPS` publishes, slot by slot.
+    fn sync_vip_slots(&mut self) -> Result<(), DataplaneError> {
+        let mut want = vec![VipSlot::default(); lb_common::MAX_VIPS as usize];
+        for (key, meta) in self.vips()? {
+            if VipSlot::carries(&key)
+                && let Some(s) = want.get_mut(meta.vip_id as usize)
+            {
+                *s = VipSlot { key, meta };
+            }
+        }
+        let mut a: Array<_, VipSlot> = Array::try_from(self.map_mut(names::VIP_BY_ID)?)?;
+        for (id, slot) in want.iter().enumerate() {
+            if a.get(&(id as u32), 0)? != *slot {
+                a.set(id as u32, slot, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the maps were adopted from an earlier daemon.
@@ -225,16 +258,48 @@ impl Dataplane {
         Ok(a.set(0, cfg, 0)?)
     }
 
+    /// Publish a VIP: its slot by id first, then the key packets look it up by (a packet that
+    /// finds the key can also find the slot).
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        let m: BpfHashMap<_, VipKey, VipMeta> = BpfHashMap::try_from(self.map(names::VIPS)?)?;
+        let old = m.get(key, 0).ok();
+        if VipSlot::carries(key) {
+            let mut a: Array<_, VipSlot> = Array::try_from(self.map_mut(names::VIP_BY_ID)?)?;
+            a.set(
+                meta.vip_id,
+                VipSlot {
+                    key: *key,
+                    meta: *meta,
+                },
+                0,
+            )?;
+            // The key moved to another id: its old slot no longer publishes it.
+            if let Some(o) = old.filter(|o| o.vip_id != meta.vip_id)
+                && a.get(&o.vip_id, 0)?.key == *key
+            {
+                a.set(o.vip_id, VipSlot::default(), 0)?;
+            }
+        }
         let mut m: BpfHashMap<_, VipKey, VipMeta> =
             BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
         Ok(m.insert(key, meta, 0)?)
     }
 
+    /// Unpublish a VIP: the key first, then its slot (unless the id already names another VIP).
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         let mut m: BpfHashMap<_, VipKey, VipMeta> =
             BpfHashMap::try_from(self.map_mut(names::VIPS)?)?;
-        Ok(m.remove(key)?)
+        let old = m.get(key, 0).ok();
+        m.remove(key)?;
+        if let Some(meta) = old
+            && VipSlot::carries(key)
+        {
+            let mut a: Array<_, VipSlot> = Array::try_from(self.map_mut(names::VIP_BY_ID)?)?;
+            if a.get(&meta.vip_id, 0)?.key == *key {
+                a.set(meta.vip_id, VipSlot::default(), 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Write the words of the VIP address filter that differ from `old` (every word when `old`
