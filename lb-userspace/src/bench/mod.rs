@@ -40,8 +40,30 @@ pub struct Report {
     pub ring_swap_ms_1000_backends: f64,
     /// Kernel memory of the conntrack map per tracked-flow slot (all CPUs' values included).
     pub conntrack_bytes_per_flow: f64,
+    /// Size of `xlb_forward` as the kernel holds it.
+    pub program: ProgramSize,
     pub cpus: usize,
     pub kernel: String,
+}
+
+/// What the kernel reports of a loaded program (`BPF_OBJ_GET_INFO_BY_FD`).
+#[derive(Debug, Serialize)]
+pub struct ProgramSize {
+    pub xlated_insns: u32,
+    pub jited_bytes: u32,
+    /// Instructions the verifier walked to accept it (its complexity limit is 1M).
+    pub verified_insns: u32,
+}
+
+impl ProgramSize {
+    pub fn of(dp: &mut Dataplane, name: &'static str) -> Result<Self> {
+        let info = dp.program(name)?.info()?;
+        Ok(ProgramSize {
+            xlated_insns: info.size_translated().unwrap_or(0) / 8,
+            jited_bytes: info.size_jitted(),
+            verified_insns: info.verified_instruction_count().unwrap_or(0),
+        })
+    }
 }
 
 pub fn pin_cpu(cpu: usize) {
@@ -126,6 +148,7 @@ pub fn run(o: &Options) -> Result<Report> {
         7,
     )?;
     let conntrack_bytes_per_flow = conntrack_bytes_per_flow(&dp)?;
+    let program = ProgramSize::of(&mut dp, lb_common::prog_names::FORWARD)?;
     drop(dp);
 
     let throughput = if o.throughput {
@@ -140,6 +163,7 @@ pub fn run(o: &Options) -> Result<Report> {
         maglev_build_ms,
         ring_swap_ms_1000_backends,
         conntrack_bytes_per_flow,
+        program,
         cpus: crate::loadgen::ncpus(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -175,6 +199,12 @@ pub fn render(r: &Report) -> String {
             v.min_ns - f.min_ns
         );
     }
+    let p = &r.program;
+    let _ = writeln!(
+        s,
+        "  xlb_forward: {} instructions, {} bytes JITed, {} instructions verified",
+        p.xlated_insns, p.jited_bytes, p.verified_insns
+    );
     if let Some(t) = r.throughput {
         let _ = writeln!(
             s,
