@@ -3,7 +3,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
 use lb_common::stats::Reason;
 
 use crate::verdict::Verdict;
@@ -58,4 +58,18 @@ pub fn write<T: Copy>(ctx: &XdpContext, off: usize, v: T) -> Result<(), Verdict>
     // SAFETY: as in `read`: in bounds and suitably aligned.
     unsafe { p.write(v) };
     Ok(())
+}
+
+/// Whether the frame holds `end` bytes: in its first buffer (checked without a helper call), or
+/// across its buffers (a multi-buffer jumbo frame, whose first buffer is one page).
+#[inline(always)]
+pub fn frame_holds(ctx: &XdpContext, end: usize) -> bool {
+    ctx.data() + end <= ctx.data_end() || end <= frame_len(ctx)
+}
+
+/// Length of the whole frame, every buffer included.
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    // SAFETY: ctx.ctx is the live xdp_md of this invocation.
+    unsafe { bpf_xdp_get_buff_len(ctx.ctx) as usize }
 }

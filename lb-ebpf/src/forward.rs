@@ -102,7 +102,6 @@ fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Resul
         .ok_or(Verdict::drop(Reason::DropBadBackend))?;
     seen.backend_id = d.backend_id;
     seen.backend = Some(backend);
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
     // Too big once encapsulated: a DF packet gets "fragmentation needed" / "packet too big"
     // back, others are dropped (fragmenting is the sender's job).
     let l2 = l2::read_l2(ctx, p.l3_off)?;
@@ -117,6 +116,10 @@ fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Resul
         encap::send(ctx, p, &l2, backend, vip.fwd_mode, cfg)?
     };
     let stateful = d.vip.flags & VIP_F_NO_CONNTRACK == 0 && p.pkt.kind == PKT_NORMAL;
+    // The frame as received: L2 header and datagram, every buffer of a multi-buffer frame
+    // (Ethernet padding of minimum-size frames is not traffic). Read from the parse result
+    // here, after the send, rather than held in a register across it.
+    let bytes = (p.l3_off + p.l3_len) as u64;
     count_forward(vip.vip_id, d.backend_id, d.pick, stateful, bytes);
     if p.pkt.kind == PKT_FRAGMENT {
         count_reason(Reason::FwdFragment, bytes);

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, stats::Reason};
 
 use crate::{
-    access::{bound_l3, ptr_at, read, write},
+    access::{bound_l3, frame_len, ptr_at, read, write},
     csum,
     hdr::*,
     l2::{L2, write_l2},
@@ -44,7 +44,8 @@ fn adjust(ctx: &XdpContext, head: i32, new_len: usize) -> Result<(), Verdict> {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, head) } != 0 {
         return Err(Verdict::drop(Reason::DropAdjust));
     }
-    let len = ctx.data_end() - ctx.data();
+    // The tail moves relative to the whole frame: a jumbo frame's other buffers go first.
+    let len = frame_len(ctx);
     if len < new_len {
         return Err(Verdict::drop(Reason::DropAdjust));
     }

@@ -22,20 +22,23 @@ mod verdict;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 /// The load balancer: packets to a VIP are encapsulated (or MAC-rewritten) towards a backend.
-#[xdp]
+/// `frags`: frames larger than a page (jumbo MTUs) arrive as several buffers; every header the
+/// forwarder reads or writes is in the first.
+#[xdp(frags)]
 pub fn xlb_forward(ctx: XdpContext) -> u32 {
     forward::xdp(&ctx)
 }
 
-/// The backend side: strips xlb's encapsulation addressed to this host.
-#[xdp]
+/// The backend side: strips xlb's encapsulation addressed to this host (multi-buffer too).
+#[xdp(frags)]
 pub fn xlb_decap(ctx: XdpContext) -> u32 {
     decap::run(&ctx)
 }
 
 /// Passes everything. Attached to veth peers, where XDP_TX/XDP_REDIRECT need a program on the
-/// receiving side, and used as the "trivial" baseline in benchmarks.
-#[xdp]
+/// receiving side, and used as the "trivial" baseline in benchmarks. Multi-buffer aware, so
+/// peers can have jumbo MTUs.
+#[xdp(frags)]
 pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
@@ -61,7 +64,8 @@ pub fn xlb_sink(ctx: XdpContext) -> u32 {
 }
 
 /// Benchmark baseline: the cheapest useful forwarder, a redirect of everything to port 1.
-#[xdp]
+/// `frags` like the forwarder: the kernel lets only programs of one kind share `TX_PORTS`.
+#[xdp(frags)]
 pub fn xlb_redirect(_ctx: XdpContext) -> u32 {
     maps::TX_PORTS
         .redirect(1, 0)

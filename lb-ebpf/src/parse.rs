@@ -10,7 +10,11 @@ use lb_common::{
     stats::Reason,
 };
 
-use crate::{access::read, hdr::*, verdict::Verdict};
+use crate::{
+    access::{frame_holds, read},
+    hdr::*,
+    verdict::Verdict,
+};
 
 /// IPv6 extension headers walked before giving up (hop-by-hop, routing, fragment, dest-opts).
 const MAX_EXT_HDRS: usize = 4;
@@ -47,12 +51,24 @@ pub fn l2(ctx: &XdpContext) -> Result<(usize, u16), Verdict> {
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, Verdict> {
     let (l3_off, proto) = l2(ctx)?;
-    if proto == ETH_P_IPV4_BE {
-        parse_v4(ctx, l3_off)
+    let v4 = proto == ETH_P_IPV4_BE;
+    let l3_len = if v4 {
+        u16::from_be(read::<u16>(ctx, l3_off + 2)?) as usize
     } else if proto == ETH_P_IPV6_BE {
-        parse_v6(ctx, l3_off)
+        size_of::<Ipv6Hdr>() + u16::from_be(read::<u16>(ctx, l3_off + 4)?) as usize
     } else {
-        Err(Verdict::pass(Reason::PassNotIp))
+        return Err(Verdict::pass(Reason::PassNotIp));
+    };
+    // The datagram must lie within the frame. Checked before any other header field is read:
+    // the helper call for a multi-buffer frame then keeps nothing else live across it (each
+    // value held over a call costs the established path a spill).
+    if !frame_holds(ctx, l3_off + l3_len) {
+        return Err(Verdict::drop(Reason::DropMalformed));
+    }
+    if v4 {
+        parse_v4(ctx, l3_off, l3_len)
+    } else {
+        parse_v6(ctx, l3_off, l3_len)
     }
 }
 
@@ -102,15 +118,10 @@ fn transport(
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
+fn parse_v4(ctx: &XdpContext, l3_off: usize, tot_len: usize) -> Result<Parsed, Verdict> {
     let ip: Ipv4Hdr = read(ctx, l3_off)?;
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be(ip.tot_len_be) as usize;
-    if ip.vihl >> 4 != 4
-        || ihl < size_of::<Ipv4Hdr>()
-        || tot_len < ihl
-        || ctx.data() + l3_off + tot_len > ctx.data_end()
-    {
+    if ip.vihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() || tot_len < ihl {
         return Err(Verdict::drop(Reason::DropMalformed));
     }
     let frag = u16::from_be(ip.frag_be);
@@ -197,10 +208,9 @@ fn inner_v4(ctx: &XdpContext, off: usize) -> Result<FlowKey, Verdict> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Result<Parsed, Verdict> {
+fn parse_v6(ctx: &XdpContext, l3_off: usize, l3_len: usize) -> Result<Parsed, Verdict> {
     let ip: Ipv6Hdr = read(ctx, l3_off)?;
-    let l3_len = size_of::<Ipv6Hdr>() + u16::from_be(ip.payload_len_be) as usize;
-    if ip.vtcfl[0] >> 4 != 6 || ctx.data() + l3_off + l3_len > ctx.data_end() {
+    if ip.vtcfl[0] >> 4 != 6 {
         return Err(Verdict::drop(Reason::DropMalformed));
     }
     let mut key = FlowKey {

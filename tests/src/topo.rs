@@ -58,11 +58,34 @@ pub struct Net {
     pub backends: Vec<BackendHost>,
 }
 
+/// Link MTUs of a topology: client <-> LB, and LB <-> backends (room for the encapsulation).
+#[derive(Clone, Copy, Debug)]
+pub struct Mtus {
+    pub client: u16,
+    pub backend: u16,
+}
+
+impl Default for Mtus {
+    fn default() -> Self {
+        Mtus {
+            client: 1500,
+            backend: BACKEND_LINK_MTU,
+        }
+    }
+}
+
 impl Net {
     pub fn new(n_backends: usize) -> Net {
+        Net::with_mtus(n_backends, Mtus::default())
+    }
+
+    pub fn with_mtus(n_backends: usize, mtus: Mtus) -> Net {
         let client = Netns::new("client");
         let lb = Netns::new("lb");
         veth(&client, "c0", &lb, "lc");
+        let mtu = mtus.client.to_string();
+        client.ip(&["link", "set", "c0", "mtu", &mtu]);
+        lb.ip(&["link", "set", "lc", "mtu", &mtu]);
         client.ip(&["addr", "add", "10.0.1.2/24", "dev", "c0"]);
         client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
         lb.ip(&["addr", "add", "10.0.1.1/24", "dev", "lc"]);
@@ -110,7 +133,7 @@ impl Net {
                 &format!("fd00:{net}::1"),
             ]);
             ns.ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo"]);
-            let mtu = BACKEND_LINK_MTU.to_string();
+            let mtu = mtus.backend.to_string();
             lb.ip(&["link", "set", &lb_dev, "mtu", &mtu]);
             ns.ip(&["link", "set", &b_dev, "mtu", &mtu]);
             backends.push(BackendHost {
@@ -163,16 +186,20 @@ fn v4(a: Ipv4Addr) -> Addr {
 
 impl Topology {
     pub fn new(n_backends: usize) -> Topology {
+        Topology::with_mtus(n_backends, Mtus::default())
+    }
+
+    pub fn with_mtus(n_backends: usize, mtus: Mtus) -> Topology {
         let Net {
             client,
             lb,
             mut backends,
-        } = Net::new(n_backends);
+        } = Net::with_mtus(n_backends, mtus);
         let mut dp = Dataplane::load(&LoadOptions::default()).expect("load forwarder");
         dp.set_config(&LbConfig {
             encap_src_v4: u32::from_ne_bytes([10, 0, 1, 1]),
             hash_seed: 0x00c0_ffee,
-            mtu: BACKEND_LINK_MTU,
+            mtu: mtus.backend,
             gue_port_be: lb_common::GUE_PORT_DEFAULT.to_be(),
             ..LbConfig::default()
         })

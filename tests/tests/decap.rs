@@ -39,7 +39,16 @@ fn decap_restores_what_the_forwarder_encapsulated() {
         Spec::new("192.0.2.1", 40000, "10.0.0.10", 80, 6)
             .syn()
             .vlans(1), // VLAN kept
+        // Jumbo frames, in several buffers on both sides.
+        Spec::new("192.0.2.1", 40002, "10.0.0.10", 80, 6)
+            .syn()
+            .payload(8900),
+        Spec::new("2001:db8::1", 40002, "fd00::20", 443, 6)
+            .syn()
+            .payload(8800),
     ];
+    f.cfg.mtu = 9100;
+    f.dp.set_config(&f.cfg).expect("config");
     for s in cases {
         let input = s.build();
         let fwd = f.run(&input);

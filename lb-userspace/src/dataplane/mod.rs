@@ -121,6 +121,22 @@ impl Accumulate for BackendStats {
     }
 }
 
+/// Copy the redirect ports of the devmap pinned at `from` into the loaded object's `TX_PORTS`.
+fn copy_tx_ports(from: &std::path::Path, ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let old: DevMap<MapData> = DevMap::try_from(aya::maps::Map::DevMap(MapData::from_pin(from)?))?;
+    let map = ebpf
+        .map_mut(names::TX_PORTS)
+        .ok_or(DataplaneError::MissingMap(names::TX_PORTS))?;
+    let mut new: DevMap<_> = DevMap::try_from(map)?;
+    for (slot, v) in old.iter().enumerate() {
+        // Empty slots read as errors (ENOENT).
+        if let Ok(v) = v {
+            new.set(slot as u32, v.if_index, None, 0)?;
+        }
+    }
+    Ok(())
+}
+
 impl Dataplane {
     /// Load (and verify) every program of the embedded object and create its maps.
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
@@ -130,9 +146,12 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
         let mut pin_state = PinState::Fresh;
+        // A `TX_PORTS` of an earlier build whose entries go into this build's new one.
+        let mut old_tx_ports = None;
         if let Some(dir) = &opts.pin_dir {
             pin::ensure_dir(dir)?;
             pin_state = pin::check(dir)?;
+            old_tx_ports = pin::set_aside_tx_ports(dir)?;
             for &name in names::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }
@@ -143,6 +162,11 @@ impl Dataplane {
             }
             for &name in READ_ONLY_TABLES {
                 let path = dir.join(name);
+                // An earlier build's devmap cannot serve this build's programs: a private copy.
+                if name == names::TX_PORTS && !pin::tx_ports_fit(dir) {
+                    old_tx_ports = Some(path);
+                    continue;
+                }
                 // The loader pins a map it creates at a missing path: never in the live directory.
                 if !path.exists() {
                     if OPTIONAL_SHARED.contains(&name) {
@@ -154,8 +178,12 @@ impl Dataplane {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        if let Some(old) = &old_tx_ports {
+            copy_tx_ports(old, &mut ebpf)?;
+        }
         if let Some(dir) = &opts.pin_dir {
             pin::stamp(dir)?;
+            pin::finish_tx_ports(dir, old_tx_ports.as_deref())?;
         }
         for name in names::ALL {
             if ebpf.map(name).is_none() {

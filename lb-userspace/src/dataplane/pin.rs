@@ -12,6 +12,14 @@ use crate::EBPF_OBJECT;
 
 /// Name of the stamp map that records which layout the pinned maps have.
 pub const STAMP: &str = "XLB_LAYOUT";
+/// Marks a pin directory whose `TX_PORTS` serves multi-buffer (`xdp.frags`) programs. The
+/// kernel lets one devmap serve programs of one kind only, so the `TX_PORTS` of a build before
+/// jumbo frames cannot be handed to this build's forwarder: it gets a new one, filled from the
+/// old (`set_aside_tx_ports`).
+pub const FRAGS_STAMP: &str = "XLB_FRAGS";
+/// Where an old `TX_PORTS` waits while its entries are copied into the new one.
+const TX_PORTS_ASIDE: &str = "TX_PORTS_PRE_FRAGS";
+
 /// Sub-directory of the pin directory that holds one pinned XDP link per interface.
 pub const LINKS: &str = "links";
 
@@ -108,6 +116,44 @@ pub fn stamp(dir: &Path) -> Result<(), DataplaneError> {
     }
     let mut a: Array<MapData, u32> = Array::create(1, 0)?;
     a.set(0, LAYOUT_VERSION, 0)?;
+    a.pin(&path)
+        .map_err(|e| io("pin", &path, std::io::Error::other(e)))?;
+    Ok(())
+}
+
+/// Whether `dir`'s pinned `TX_PORTS` (if any) can serve this build's programs.
+pub fn tx_ports_fit(dir: &Path) -> bool {
+    dir.join(FRAGS_STAMP).exists() || !dir.join(names::TX_PORTS).exists()
+}
+
+/// Before a load into `dir`: move a `TX_PORTS` made for programs without `frags` aside, so the
+/// loader creates and pins a new one. Returns the old map's pin to copy entries from (also the
+/// one an interrupted earlier attempt left). Packets keep flowing through the old map, which
+/// the running program holds, until the new program replaces it.
+pub fn set_aside_tx_ports(dir: &Path) -> Result<Option<PathBuf>, DataplaneError> {
+    let (live, aside) = (dir.join(names::TX_PORTS), dir.join(TX_PORTS_ASIDE));
+    if dir.join(FRAGS_STAMP).exists() {
+        return Ok(None);
+    }
+    if live.exists() {
+        if aside.exists() {
+            std::fs::remove_file(&aside).map_err(|e| io("unpin", &aside, e))?;
+        }
+        std::fs::rename(&live, &aside).map_err(|e| io("move aside", &live, e))?;
+    }
+    Ok(aside.exists().then_some(aside))
+}
+
+/// After the load: the old `TX_PORTS` is copied; drop its pin and mark the directory.
+pub fn finish_tx_ports(dir: &Path, aside: Option<&Path>) -> Result<(), DataplaneError> {
+    if let Some(p) = aside {
+        std::fs::remove_file(p).map_err(|e| io("unpin", p, e))?;
+    }
+    let path = dir.join(FRAGS_STAMP);
+    if path.exists() {
+        return Ok(());
+    }
+    let a: Array<MapData, u32> = Array::create(1, 0)?;
     a.pin(&path)
         .map_err(|e| io("pin", &path, std::io::Error::other(e)))?;
     Ok(())
