@@ -49,6 +49,8 @@ pub mod map_names {
     pub const CAPTURE: &str = "CAPTURE";
     pub const CAPTURE_RING: &str = "CAPTURE_RING";
     pub const CAPTURE_STATS: &str = "CAPTURE_STATS";
+    /// Slot 0: `xlb_capture`, set by each load (not pinned: it holds that load's program).
+    pub const CAPTURE_PROG: &str = "CAPTURE_PROG";
     /// Generator and benchmark sink (not pinned by the daemon).
     pub const LOADGEN: &str = "LOADGEN";
     pub const LOADGEN_SEQ: &str = "LOADGEN_SEQ";
@@ -87,8 +89,10 @@ pub mod prog_names {
     pub const SINK: &str = "xlb_sink";
     /// Redirects everything to `TX_PORTS[1]`: the benchmark's trivial baseline.
     pub const REDIRECT: &str = "xlb_redirect";
+    /// The record half of `xlb capture`, tail-called by the forwarder (`CAPTURE_PROG`).
+    pub const CAPTURE: &str = "xlb_capture";
     /// Every program of the object.
-    pub const ALL: &[&str] = &[FORWARD, DECAP, PASS, LOADGEN, SINK, REDIRECT];
+    pub const ALL: &[&str] = &[FORWARD, DECAP, PASS, LOADGEN, SINK, REDIRECT, CAPTURE];
 }
 
 /// Address family of a key or backend (`AF_INET`/`AF_INET6` values, for readability in dumps).

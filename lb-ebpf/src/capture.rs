@@ -17,7 +17,7 @@ use lb_common::{
     },
 };
 
-use crate::maps::{CAPTURE, CAPTURE_RING, CAPTURE_SCRATCH, CAPTURE_STATS};
+use crate::maps::{CAPTURE, CAPTURE_PROG, CAPTURE_RING, CAPTURE_SCRATCH, CAPTURE_STATS};
 
 const SNAP_MAX: usize = CAPTURE_SNAPLEN_MAX as usize;
 const HDR: usize = size_of::<CaptureHeader>();
@@ -44,17 +44,47 @@ pub fn keep_input(ctx: &XdpContext) {
     }
 }
 
-/// After the verdict: filter, sample, and put the record on the ring. Out of line, so the
-/// forwarder's own code is unchanged and capture off costs it one branch.
-#[inline(never)]
+/// After the verdict: stage what the forwarder knew in this CPU's scratch record and hand over
+/// to `xlb_capture` (a tail call: it does not return). If the slot is empty (a load without the
+/// capture program) nothing is recorded and the kept input is dropped.
+#[inline(always)]
 pub fn record(ctx: &XdpContext, ev: &Event) {
     let Some(s) = CAPTURE_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let ok = emit(ctx, ev, s);
+    // SAFETY: this CPU's scratch value; nothing else runs on this CPU meanwhile.
+    unsafe {
+        let h = core::ptr::addr_of_mut!((*s).hdr);
+        (*h).parsed = ev.key.is_some() as u8;
+        if let Some(k) = ev.key {
+            (*h).key = *k;
+        }
+        (*h).backend_family = ev.backend.map_or(0, |b| b.family);
+        if let Some(b) = ev.backend {
+            (*h).backend = b.addr;
+        }
+        (*h).action = ev.action;
+        (*h).outcome = ev.outcome;
+        (*h).vip_id = ev.vip_id;
+        (*h).backend_id = ev.backend_id;
+        CAPTURE_PROG.tail_call(ctx, 0);
+        (*s).hdr.caplen = 0;
+    }
+}
+
+/// `xlb_capture`: filter, sample, and put the staged record on the ring; the forwarder's action.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    let Some(s) = CAPTURE_SCRATCH.get_ptr_mut(0) else {
+        return aya_ebpf::bindings::xdp_action::XDP_ABORTED;
+    };
+    let ok = emit(ctx, s);
     // SAFETY: this CPU's scratch value. Consumed: a copy kept for this packet must never be
     // taken for a later one (capture may go off and on between packets).
-    unsafe { (*s).hdr.caplen = 0 };
+    let action = unsafe {
+        (*s).hdr.caplen = 0;
+        (*s).hdr.action
+    };
     if let Some(ok) = ok
         && let Some(c) = CAPTURE_STATS.get_ptr_mut(0)
     {
@@ -66,19 +96,20 @@ pub fn record(ctx: &XdpContext, ev: &Event) {
             }
         }
     }
+    action
 }
 
 /// The record of one packet, if it matches: `Some(written)`.
 #[inline(always)]
-fn emit(ctx: &XdpContext, ev: &Event, s: *mut CaptureScratch) -> Option<bool> {
+fn emit(ctx: &XdpContext, s: *mut CaptureScratch) -> Option<bool> {
     let f = CAPTURE.get(0)?;
-    if !f.matches(
-        ev.outcome,
-        ev.vip_id,
-        ev.backend.map(|b| (&b.addr, b.family)),
-    ) {
+    // SAFETY: this CPU's scratch value, staged by the forwarder.
+    let h = unsafe { &*core::ptr::addr_of!((*s).hdr) };
+    let backend = (h.backend_id != 0).then_some((&h.backend, h.backend_family));
+    if !f.matches(h.outcome, h.vip_id, backend) {
         return None;
     }
+    let backend_id = h.backend_id;
     // SAFETY: the helper has no preconditions.
     if f.sample > 1 && unsafe { bpf_get_prandom_u32() } % f.sample != 0 {
         return None;
@@ -90,25 +121,17 @@ fn emit(ctx: &XdpContext, ev: &Event, s: *mut CaptureScratch) -> Option<bool> {
         let mut as_sent = f.flags & CAPTURE_F_OUTPUT != 0;
         if as_sent || (*s).hdr.caplen == 0 {
             copy_frame(ctx, f, s);
-            as_sent |= ev.backend_id != 0;
+            as_sent |= backend_id != 0;
         }
         let h = core::ptr::addr_of_mut!((*s).hdr);
         (*h).ktime_ns = bpf_ktime_get_ns();
-        (*h).parsed = ev.key.is_some() as u8;
-        (*h).key = match ev.key {
-            Some(k) => *k,
-            None => FlowKey::default(),
-        };
-        (*h).backend_family = ev.backend.map_or(0, |b| b.family);
-        (*h).backend = match ev.backend {
-            Some(b) => b.addr,
-            None => Addr::default(),
-        };
+        if (*h).parsed == 0 {
+            (*h).key = FlowKey::default();
+        }
+        if (*h).backend_family == 0 {
+            (*h).backend = Addr::default();
+        }
         (*h).session = f.session;
-        (*h).action = ev.action;
-        (*h).outcome = ev.outcome;
-        (*h).vip_id = ev.vip_id;
-        (*h).backend_id = ev.backend_id;
         (*h).ifindex = ctx.ingress_ifindex() as u32;
         (*h).rx_queue = ctx.rx_queue_index();
         (*h).cpu = bpf_get_smp_processor_id();

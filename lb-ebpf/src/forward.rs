@@ -106,7 +106,7 @@ fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Resul
     // back, others are dropped (fragmenting is the sender's job).
     let l2 = l2::read_l2(ctx, p.l3_off)?;
     let overhead = encap::overhead(backend, vip.fwd_mode);
-    let mtu = if cfg.mtu == 0 { MTU_DEFAULT } else { cfg.mtu } as usize;
+    let mtu = crate::parse::opaque(if cfg.mtu == 0 { MTU_DEFAULT } else { cfg.mtu } as usize);
     let action = if overhead != 0 && p.l3_len + overhead > mtu {
         if !p.df {
             return Err(Verdict::drop(Reason::DropTooBig));

@@ -29,6 +29,13 @@ pub fn xlb_forward(ctx: XdpContext) -> u32 {
     forward::xdp(&ctx)
 }
 
+/// The record half of `xlb capture`: tail-called by `xlb_forward` after its verdict, with what
+/// it knew staged in the per-CPU scratch record; returns the forwarder's action.
+#[xdp(frags)]
+pub fn xlb_capture(ctx: XdpContext) -> u32 {
+    capture::run(&ctx)
+}
+
 /// The backend side: strips xlb's encapsulation addressed to this host (multi-buffer too).
 #[xdp(frags)]
 pub fn xlb_decap(ctx: XdpContext) -> u32 {

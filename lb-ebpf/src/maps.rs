@@ -2,7 +2,9 @@
 //! each name in `lb_common::map_names::ALL` exists in the loaded object.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMap, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{
+        Array, ArrayOfMaps, DevMap, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     macros::btf_map,
 };
 use lb_common::{
@@ -101,6 +103,13 @@ pub static CAPTURE_RING: RingBuf<u8, { CAPTURE_RING_BYTES as usize }> = RingBuf:
 /// One record being assembled, per CPU (not pinned: it lives only within one packet's run).
 #[btf_map]
 pub static CAPTURE_SCRATCH: PerCpuArray<CaptureScratch, 1> = PerCpuArray::new();
+
+/// Slot 0: `xlb_capture`, which the forwarder tail-calls after its verdict while a capture runs.
+/// A tail call is verified once, on its own; the record as a BPF-to-BPF call was verified again
+/// for every state that reached a verdict (about 110k of the forwarder's verified instructions).
+/// Filled by userspace at each load.
+#[btf_map]
+pub static CAPTURE_PROG: ProgramArray<1> = ProgramArray::new();
 
 /// Capture records matched and lost to a full ring, per CPU.
 #[btf_map]

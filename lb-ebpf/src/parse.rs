@@ -82,7 +82,7 @@ fn ports(ctx: &XdpContext, off: usize) -> Result<(u16, u16), Verdict> {
 /// within the frame, it would drop the packet reads' own bounds checks, which the verifier
 /// (6.18) needs to see.
 #[inline(always)]
-fn opaque(v: usize) -> usize {
+pub fn opaque(v: usize) -> usize {
     // SAFETY: a volatile read of a local.
     unsafe { core::ptr::read_volatile(&v) }
 }

@@ -14,14 +14,17 @@ use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 pub use attach::{AttachMode, Attached};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        Array, ArrayOfMaps, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray,
+        RingBuf,
+    },
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 pub use error::{AdoptError, DataplaneError};
 use lb_common::{
     Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta, VipSlot,
     capture::{CaptureConfig, CaptureCounters},
-    map_names as names,
+    map_names as names, prog_names,
     stats::{BackendStats, Counter, REASON_COUNT, Reason, VipStats},
 };
 pub use pin::PinState;
@@ -80,6 +83,9 @@ pub struct Dataplane {
     /// Rings built and filled ahead (off the daemon's owner thread), by the address of their
     /// table: a ring write then only swaps one in.
     ready_rings: HashMap<usize, MapData>,
+    /// The forwarder's tail-call slot for `xlb_capture`. Held open: the kernel empties a
+    /// program array when its last user reference goes.
+    _capture_prog: Option<ProgramArray<MapData>>,
 }
 
 /// A ring filled ahead of its swap (`Dataplane::prefill_ring`).
@@ -190,7 +196,14 @@ impl Dataplane {
                 return Err(DataplaneError::MissingMap(name));
             }
         }
-        for &name in opts.programs {
+        // The forwarder tail-calls the capture program: one does not go without the other.
+        let forward = opts.programs.contains(&prog_names::FORWARD);
+        let capture = forward && !opts.programs.contains(&prog_names::CAPTURE);
+        for &name in opts
+            .programs
+            .iter()
+            .chain(capture.then_some(&prog_names::CAPTURE))
+        {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingProgram(name))?
@@ -200,12 +213,26 @@ impl Dataplane {
                 source,
             })?;
         }
+        let mut capture_prog = None;
+        if forward {
+            let map = ebpf
+                .take_map(names::CAPTURE_PROG)
+                .ok_or(DataplaneError::MissingMap(names::CAPTURE_PROG))?;
+            let mut slots: ProgramArray<_> = ProgramArray::try_from(map)?;
+            let prog: &Xdp = ebpf
+                .program(prog_names::CAPTURE)
+                .ok_or(DataplaneError::MissingProgram(prog_names::CAPTURE))?
+                .try_into()?;
+            slots.set(0, prog.fd()?, 0)?;
+            capture_prog = Some(slots);
+        }
         let mut dp = Dataplane {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
             pin_state,
             links: HashMap::new(),
             ready_rings: HashMap::new(),
+            _capture_prog: capture_prog,
         };
         // Adopted maps of a build before `VIP_BY_ID` (or a slot table out of step after a
         // crash between the two writes): rebuild the slots from what `VIPS` publishes.
