@@ -526,19 +526,14 @@ fn icmp_errors_follow_the_flow_they_quote() {
     );
 }
 
-#[test]
-fn too_big_after_encapsulation_answers_or_drops() {
-    let mut f = setup();
-    // 20 bytes of IPIP overhead: a 1481-byte datagram no longer fits a 1500 MTU.
-    let big = Spec::new("192.0.2.40", 42000, "10.0.0.10", 80, 6).payload(1441);
-    let frame = big.build();
-    let out = run_counted(&mut f, &frame, Reason::TxTooBig);
-    assert_eq!(out.action, XDP_TX);
+/// The forwarder's ICMP fragmentation-needed answer to `frame` (untagged IPv4), encoded
+/// independently: quoting 68 bytes of the datagram, from `vip` to `client`.
+fn fragmentation_needed(frame: &[u8], vip: [u8; 4], client: [u8; 4], mtu: u16) -> Vec<u8> {
     let mut want = Vec::new();
     PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
-        .ipv4([10, 0, 0, 10], [192, 0, 2, 40], 64)
+        .ipv4(vip, client, 64)
         .icmpv4(Icmpv4Type::DestinationUnreachable(
-            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1480 },
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
         ))
         .write(&mut want, &frame[14..14 + 68])
         .expect("icmp");
@@ -551,6 +546,18 @@ fn too_big_after_encapsulation_answers_or_drops() {
     ip.identification = 0;
     ip.header_checksum = ip.calc_header_checksum();
     want.splice(14..34, ip.to_bytes());
+    want
+}
+
+#[test]
+fn too_big_after_encapsulation_answers_or_drops() {
+    let mut f = setup();
+    // 20 bytes of IPIP overhead: a 1481-byte datagram no longer fits a 1500 MTU.
+    let big = Spec::new("192.0.2.40", 42000, "10.0.0.10", 80, 6).payload(1441);
+    let frame = big.build();
+    let out = run_counted(&mut f, &frame, Reason::TxTooBig);
+    assert_eq!(out.action, XDP_TX);
+    let want = fragmentation_needed(&frame, [10, 0, 0, 10], [192, 0, 2, 40], 1480);
     assert_eq!(out.frame, want, "ICMP fragmentation-needed reply");
     let icmp = Icmpv4Header::from_slice(&out.frame[34..]).expect("icmp").0;
     assert_eq!(
@@ -1213,21 +1220,7 @@ fn jumbo_frames_in_several_buffers_are_forwarded_and_answered() {
     let frame = big.build();
     let out = run_counted(&mut f, &frame, Reason::TxTooBig);
     assert_eq!(out.action, XDP_TX);
-    let mut want = Vec::new();
-    PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
-        .ipv4([10, 0, 0, 10], [192, 0, 2, 61], 64)
-        .icmpv4(Icmpv4Type::DestinationUnreachable(
-            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 8980 },
-        ))
-        .write(&mut want, &frame[14..14 + 68])
-        .expect("icmp");
-    let mut ip = etherparse::Ipv4Header::from_slice(&want[14..])
-        .expect("reply ip")
-        .0;
-    ip.dont_fragment = false;
-    ip.identification = 0;
-    ip.header_checksum = ip.calc_header_checksum();
-    want.splice(14..34, ip.to_bytes());
+    let want = fragmentation_needed(&frame, [10, 0, 0, 10], [192, 0, 2, 61], 8980);
     assert_eq!(out.frame, want, "ICMP fragmentation-needed reply");
 
     // A datagram claiming more than every buffer holds is still malformed.
