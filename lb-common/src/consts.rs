@@ -32,6 +32,8 @@ pub mod map_names {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const CONFIG: &str = "CONFIG";
     pub const TX_PORTS: &str = "TX_PORTS";
+    /// The same ports as interface indexes, for `xlb_probe` (TC cannot use a devmap).
+    pub const TX_IFINDEX: &str = "TX_IFINDEX";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
@@ -64,6 +66,7 @@ pub mod map_names {
         CONNTRACK,
         CONFIG,
         TX_PORTS,
+        TX_IFINDEX,
         VIP_STATS,
         BACKEND_STATS,
         REASON_STATS,
@@ -91,8 +94,10 @@ pub mod prog_names {
     pub const REDIRECT: &str = "xlb_redirect";
     /// The record half of `xlb capture`, tail-called by the forwarder (`CAPTURE_PROG`).
     pub const CAPTURE: &str = "xlb_capture";
-    /// Every program of the object.
+    /// Every XDP program of the object.
     pub const ALL: &[&str] = &[FORWARD, DECAP, PASS, LOADGEN, SINK, REDIRECT, CAPTURE];
+    /// TC egress: encapsulates health probes sent through the data path (`PROBE_MARK`).
+    pub const PROBE: &str = "xlb_probe";
 }
 
 /// Address family of a key or backend (`AF_INET`/`AF_INET6` values, for readability in dumps).
@@ -160,6 +165,17 @@ pub const VIP_F_PING: u16 = 1 << 1;
 /// `Backend::state`: the backend takes no packets at all (health down or removed); tracked flows
 /// on it are re-picked through the ring. A drained backend is absent from the ring but not down.
 pub const BACKEND_F_DOWN: u8 = 1 << 0;
+
+/// Health probes through the data path (`via = "vip"`): the probe socket's `SO_MARK` is
+/// `PROBE_MARK | fwd_mode << PROBE_MODE_SHIFT | backend_id`; `xlb_probe` encapsulates what
+/// carries it as the forwarder would for that backend.
+pub const PROBE_MARK: u32 = 0x584c_0000;
+/// The bits of a mark that say "xlb probe".
+pub const PROBE_MARK_MASK: u32 = 0xffff_0000;
+pub const PROBE_MODE_SHIFT: u32 = 14;
+/// Backend ids fit in the low 14 bits (`MAX_BACKENDS`).
+pub const PROBE_ID_MASK: u32 = (1 << PROBE_MODE_SHIFT) - 1;
+const _: () = assert!(MAX_BACKENDS - 1 <= PROBE_ID_MASK);
 
 /// Encapsulation overheads (outer headers only; the Ethernet header is kept in size).
 pub const IPV4_HDR_LEN: usize = 20;

@@ -15,11 +15,16 @@ mod l2;
 mod loadgen;
 mod maps;
 mod parse;
+mod probe;
 mod stats;
 mod tables;
 mod verdict;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// The load balancer: packets to a VIP are encapsulated (or MAC-rewritten) towards a backend.
 /// `frags`: frames larger than a page (jumbo MTUs) arrive as several buffers; every header the
@@ -34,6 +39,12 @@ pub fn xlb_forward(ctx: XdpContext) -> u32 {
 #[xdp(frags)]
 pub fn xlb_capture(ctx: XdpContext) -> u32 {
     capture::run(&ctx)
+}
+
+/// TC egress of xlb's interfaces: health probes through the data path (`probe.rs`).
+#[classifier]
+pub fn xlb_probe(ctx: TcContext) -> i32 {
+    probe::run(&ctx)
 }
 
 /// The backend side: strips xlb's encapsulation addressed to this host (multi-buffer too).

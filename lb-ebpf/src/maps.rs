@@ -60,6 +60,11 @@ pub static CONFIG: Array<LbConfig, 1> = Array::new();
 #[btf_map]
 pub static TX_PORTS: DevMap<{ MAX_TX_PORTS as usize }> = DevMap::new();
 
+/// The egress interfaces of `TX_PORTS` as interface indexes, for `xlb_probe` (TC programs
+/// redirect by index; a devmap serves XDP only). Written by the daemon with `TX_PORTS`.
+#[btf_map]
+pub static TX_IFINDEX: Array<u32, { MAX_TX_PORTS as usize }> = Array::new();
+
 #[btf_map]
 pub static VIP_STATS: PerCpuArray<VipStats, { MAX_VIPS as usize }> = PerCpuArray::new();
 

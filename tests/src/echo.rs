@@ -23,6 +23,43 @@ pub struct Echo {
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
+impl Echo {
+    /// An HTTP server on every address of `ns` (TCP `port`): `200 OK` with body `ok` to any
+    /// request, then close.
+    pub fn http(ns: &Netns, port: u16) -> Echo {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = ns.spawn(move || http_loop(port, &s));
+        std::thread::sleep(Duration::from_millis(50));
+        Echo {
+            stop,
+            threads: vec![t],
+            conns: Arc::default(),
+        }
+    }
+}
+
+fn http_loop(port: u16, stop: &AtomicBool) {
+    let l = TcpListener::bind(("::", port)).expect("bind http");
+    l.set_nonblocking(true).expect("nonblocking");
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((mut c, _)) => {
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 1024];
+                // The request's head arrives in one segment from the prober.
+                if matches!(c.read(&mut buf), Ok(n) if n > 0) {
+                    let _ = c.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
 /// UDP on `addr` answering only every `every`-th datagram (1: all): a flapping health target.
 pub fn udp_responder(ns: &Netns, name: &str, addr: IpAddr, port: u16, every: u64) -> Echo {
     let stop = Arc::new(AtomicBool::new(false));

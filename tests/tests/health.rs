@@ -302,3 +302,104 @@ fn scrape(lab: &Lab) -> String {
     assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
     out
 }
+
+/// A minimal HTTP server on every address of `b`'s namespace (port `port`): `200 ok`.
+fn http_ok(b: &tests::topo::BackendHost, port: u16) -> Echo {
+    Echo::http(&b.ns, port)
+}
+
+/// Health checks through the data path (`via = "vip"`): each probe goes to the VIP and its port,
+/// encapsulated for its backend exactly as the forwarder would, and the answer comes straight
+/// back from the VIP. Backend 2 loses the VIP from its loopback, so clients' packets die there:
+/// its direct probe (its own address) still passes, the VIP probe fails and takes it out, for
+/// TCP and HTTP; new flows avoid it and the long-lived flows on the others go on.
+#[test]
+fn probes_through_the_data_path_find_a_backend_that_drops_clients() {
+    let mut lab = Lab::new(3);
+    // The LB's route to the VIP (its default route on an edge host) leaves through the
+    // forwarder's interface, whose egress `xlb_probe` watches.
+    lab.net.lb.ip(&[
+        "route",
+        "add",
+        &format!("{VIP}/32"),
+        "via",
+        "10.0.1.2",
+        "dev",
+        "lc",
+    ]);
+    let _srv = servers(&lab);
+    let _http: Vec<Echo> = lab.net.backends.iter().map(|b| http_ok(b, 9080)).collect();
+    let vip_tcp = "type = \"tcp\"\nvia = \"vip\"";
+    lab.start(&config(&lab, TCP_PORT, "tcp", vip_tcp));
+    let addrs: Vec<String> = lab
+        .net
+        .backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect();
+    std::thread::sleep(Duration::from_millis(INTERVAL_MS * (FALL + 2)));
+    for a in &addrs {
+        wait_state(&lab, a, "up", Duration::from_secs(2));
+    }
+    let clients = LongLived::start(
+        &lab.net.client,
+        24,
+        TCP_PORT,
+        false,
+        Duration::from_millis(50),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Backend 2 no longer has the VIP: what reaches it through the data path is not for it.
+    let b2 = &lab.net.backends[1];
+    b2.ns
+        .ip(&["addr", "del", &format!("{VIP}/32"), "dev", "lo"]);
+    let t = wait_state(&lab, &addrs[1], "down", Duration::from_secs(3));
+    eprintln!(
+        "via vip, tcp: backend 2 down {} ms after the VIP left it",
+        t.as_millis()
+    );
+    let row = &lab.json(&["backend", "list"])[1];
+    assert!(
+        row["health"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("tcp")),
+        "{row}"
+    );
+
+    // A direct probe of the same backend passes: its service still answers on its address.
+    let path = lab.file(
+        "direct.toml",
+        &config(&lab, TCP_PORT, "tcp", "type = \"tcp\""),
+    );
+    lab.ok(&["apply", "-f", &path]);
+    let t = wait_state(&lab, &addrs[1], "up", Duration::from_secs(3));
+    eprintln!("direct, tcp: backend 2 up again {} ms later", t.as_millis());
+
+    // HTTP through the data path: down again; the other two stay up.
+    let check = "type = \"http\"\nport = 9080\nvia = \"vip\"";
+    let path = lab.file("http.toml", &config(&lab, TCP_PORT, "tcp", check));
+    lab.ok(&["apply", "-f", &path]);
+    let t = wait_state(&lab, &addrs[1], "down", Duration::from_secs(3));
+    eprintln!(
+        "via vip, http: backend 2 down {} ms after the apply",
+        t.as_millis()
+    );
+    for a in [&addrs[0], &addrs[2]] {
+        wait_state(&lab, a, "up", Duration::from_secs(1));
+    }
+    let seen = new_tcp(&lab, 30);
+    assert!(
+        !seen.contains_key("backend-2") && !seen.contains_key("error"),
+        "{seen:?}"
+    );
+    let tally = clients.finish();
+    for healthy in ["backend-1", "backend-3"] {
+        let (trips, errors, _) = tally.get(healthy).copied().expect("flows on each backend");
+        eprintln!("{healthy}: {trips} round trips, {errors} broken");
+        assert_eq!(
+            errors, 0,
+            "a connection to healthy {healthy} broke or moved"
+        );
+    }
+}

@@ -40,7 +40,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 }
 
 pub fn check() -> Result<()> {
-    let mut dp = Dataplane::load(&LoadOptions::default()).map_err(|e| {
+    let dp = Dataplane::load(&LoadOptions::default()).map_err(|e| {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             anyhow::anyhow!(
@@ -50,8 +50,9 @@ pub fn check() -> Result<()> {
             e.into()
         }
     })?;
-    for &name in lb_common::prog_names::ALL {
-        let info = dp.program(name)?.info()?;
+    let all = lb_common::prog_names::ALL.iter();
+    for &name in all.chain([&lb_common::prog_names::PROBE]) {
+        let info = dp.program_info(name)?;
         println!(
             "{name}: loaded, program id {}, {} BPF instructions ({} verified), {} bytes JITed",
             info.id(),

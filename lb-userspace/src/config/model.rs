@@ -456,6 +456,23 @@ pub struct HealthCheck {
     /// UDP: the answer must contain this (default: any answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
+    /// Which way the probe goes (TCP, HTTP and HTTPS checks).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub via: ProbeVia,
+}
+
+/// The way a health probe reaches the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeVia {
+    /// To the backend's own address (and `port`): the service answers.
+    #[default]
+    Direct,
+    /// The way clients' packets go: to the VIP and its port, encapsulated for this backend
+    /// exactly as the forwarder would, answered by the service bound on the VIP with the reply
+    /// sent straight back (DSR). Fails where real traffic would: decap missing, the VIP not on
+    /// the backend's loopback, rp_filter or a firewall on the way.
+    Vip,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -86,7 +86,7 @@ fn health_checks_parse_inherit_and_validate() {
     let bad = text.replace(
         "status = \"200-299\"",
         "status = \"299-200\"\ntimeout_ms = 5000",
-    ) + "\n[[vip]]\naddress = \"10.100.0.2\"\nport = 0\nprotocol = \"udp\"\n[vip.health]\ntype = \"udp\"\n";
+    ) + "\n[[vip]]\naddress = \"10.100.0.2\"\nport = 0\nprotocol = \"udp\"\n[vip.health]\ntype = \"udp\"\nvia = \"vip\"\n";
     let e = Config::parse(&bad).expect_err("invalid").to_string();
     assert!(e.contains("status \"299-200\": empty range"), "{e}");
     assert!(
@@ -98,6 +98,10 @@ fn health_checks_parse_inherit_and_validate() {
         "{e}"
     );
     assert!(e.contains("a udp health check needs a payload"), "{e}");
+    assert!(
+        e.contains("via = \"vip\" probes over TCP: type tcp, http or https"),
+        "{e}"
+    );
 
     let bad = GOOD.replace(
         "hash = \"src-ip\"\n",

@@ -62,6 +62,16 @@ impl HealthCheck {
         if self.port.unwrap_or(vip_port) == 0 {
             errs.push(format!("{at}: a wildcard VIP's health check needs a port"));
         }
+        if self.via == ProbeVia::Vip
+            && !matches!(
+                self.kind,
+                ProbeKind::Tcp | ProbeKind::Http | ProbeKind::Https
+            )
+        {
+            errs.push(format!(
+                "{at}: via = \"vip\" probes over TCP: type tcp, http or https"
+            ));
+        }
         match self.kind {
             ProbeKind::Http | ProbeKind::Https => {
                 if let Err(e) = self.status_range() {

@@ -18,7 +18,7 @@ use crate::{
     api::{ApplyReport, Response},
     config::{Change, Config, Removal},
     dataplane::{Dataplane, ReadyRing, pin},
-    health::{Monitor, Target, Transition},
+    health::{Monitor, Transition},
     nexthop::Resolver,
     state::{
         ApplyError, NextHop, Planned, Prepared, Resolved, State, Unreachable, persist::FileStore,
@@ -460,12 +460,7 @@ impl Owner {
 
     /// Point the health monitor at the current members.
     fn sync_probes(&mut self) {
-        let targets = self
-            .state
-            .probe_targets()
-            .into_iter()
-            .map(|(id, (addr, check))| (id, Target { addr, check }))
-            .collect();
+        let targets = self.state.probe_targets();
         let health = self.state.health();
         self.monitor
             .sync(targets, |id| health.get(&id).is_none_or(|h| h.up));

@@ -5,10 +5,11 @@
 use std::path::Path;
 
 use aya::programs::{
-    Xdp, XdpMode,
+    SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     xdp::XdpLink,
 };
+use lb_common::prog_names;
 
 use super::{Dataplane, DataplaneError};
 pub use crate::{config::AttachMode, state::Attached};
@@ -34,6 +35,7 @@ impl Dataplane {
             match self.replace(program, path) {
                 Ok(id) => {
                     self.links.insert(iface.to_string(), (program, id));
+                    self.attach_probe(program, iface)?;
                     return Ok(Attached {
                         iface: iface.to_string(),
                         mode,
@@ -91,12 +93,49 @@ impl Dataplane {
             }
         };
         self.links.insert(iface.to_string(), (program, id));
+        self.attach_probe(program, iface)?;
         Ok(Attached {
             iface: iface.to_string(),
             mode: used,
             fell_back,
             replaced: false,
         })
+    }
+
+    /// With the forwarder, `xlb_probe` on the interface's egress: health probes through the
+    /// data path leave the host there.
+    fn attach_probe(&mut self, program: &'static str, iface: &str) -> Result<(), DataplaneError> {
+        if program != prog_names::FORWARD || self.probe_links.contains_key(iface) {
+            return Ok(());
+        }
+        let probe: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog_names::PROBE)
+            .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
+            .try_into()?;
+        let id = probe
+            .attach(iface, TcAttachType::Egress)
+            .map_err(|source| DataplaneError::Attach {
+                program: prog_names::PROBE,
+                iface: iface.to_string(),
+                source,
+            })?;
+        self.probe_links.insert(iface.to_string(), id);
+        Ok(())
+    }
+
+    fn detach_probe(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        let Some(id) = self.probe_links.remove(iface) else {
+            return Ok(());
+        };
+        let probe: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog_names::PROBE)
+            .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
+            .try_into()?;
+        probe
+            .detach(id)
+            .map_err(|source| DataplaneError::Program { source })
     }
 
     fn replace(
@@ -127,6 +166,7 @@ impl Dataplane {
                 source,
             })?;
         }
+        self.detach_probe(iface)?;
         if let Some((program, id)) = self.links.remove(iface) {
             self.program(program)?
                 .detach(id)

@@ -18,7 +18,7 @@ use aya::{
         Array, ArrayOfMaps, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray,
         RingBuf,
     },
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 pub use error::{AdoptError, DataplaneError};
 use lb_common::{
@@ -86,6 +86,9 @@ pub struct Dataplane {
     /// The forwarder's tail-call slot for `xlb_capture`. Held open: the kernel empties a
     /// program array when its last user reference goes.
     _capture_prog: Option<ProgramArray<MapData>>,
+    /// `xlb_probe` on the egress of each interface the forwarder is attached to (not pinned:
+    /// probes run only with a daemon).
+    probe_links: HashMap<String, aya::programs::tc::SchedClassifierLinkId>,
 }
 
 /// A ring filled ahead of its swap (`Dataplane::prefill_ring`).
@@ -213,6 +216,16 @@ impl Dataplane {
                 source,
             })?;
         }
+        if forward {
+            let probe: &mut SchedClassifier = ebpf
+                .program_mut(prog_names::PROBE)
+                .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
+                .try_into()?;
+            probe.load().map_err(|source| DataplaneError::Verifier {
+                program: prog_names::PROBE,
+                source,
+            })?;
+        }
         let mut capture_prog = None;
         if forward {
             let map = ebpf
@@ -233,11 +246,13 @@ impl Dataplane {
             links: HashMap::new(),
             ready_rings: HashMap::new(),
             _capture_prog: capture_prog,
+            probe_links: HashMap::new(),
         };
         // Adopted maps of a build before `VIP_BY_ID` (or a slot table out of step after a
         // crash between the two writes): rebuild the slots from what `VIPS` publishes.
         if pin_state == PinState::Adopted {
             dp.sync_vip_slots()?;
+            dp.sync_tx_ifindex()?;
         }
         Ok(dp)
     }
@@ -284,6 +299,18 @@ impl Dataplane {
             .program_mut(name)
             .ok_or(DataplaneError::MissingProgram(name))?
             .try_into()?)
+    }
+
+    /// What the kernel reports of a loaded program of any kind.
+    pub fn program_info(
+        &self,
+        name: &'static str,
+    ) -> Result<aya::programs::ProgramInfo, DataplaneError> {
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?;
+        Ok(prog.info()?)
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
@@ -517,8 +544,25 @@ impl Dataplane {
     }
 
     pub fn set_tx_port(&mut self, slot: u32, ifindex: u32) -> Result<(), DataplaneError> {
+        let mut a: Array<_, u32> = Array::try_from(self.map_mut(names::TX_IFINDEX)?)?;
+        a.set(slot, ifindex, 0)?;
         let mut d: DevMap<_> = DevMap::try_from(self.map_mut(names::TX_PORTS)?)?;
         Ok(d.set(slot, ifindex, None, 0)?)
+    }
+
+    /// `TX_IFINDEX` from `TX_PORTS` (adopted pins of a build before it).
+    fn sync_tx_ifindex(&mut self) -> Result<(), DataplaneError> {
+        let d: DevMap<_> = DevMap::try_from(self.map(names::TX_PORTS)?)?;
+        let ports: Vec<(u32, u32)> = d
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, v)| v.ok().map(|v| (slot as u32, v.if_index)))
+            .collect();
+        let mut a: Array<_, u32> = Array::try_from(self.map_mut(names::TX_IFINDEX)?)?;
+        for (slot, ifindex) in ports {
+            a.set(slot, ifindex, 0)?;
+        }
+        Ok(())
     }
 
     /// Tunnel endpoint addresses the decap program accepts (value: GUE port, 0 = default).

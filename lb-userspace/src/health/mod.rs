@@ -7,7 +7,6 @@ pub mod probe;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -23,11 +22,7 @@ use crate::config::HealthCheck;
 pub const MAX_IN_FLIGHT: usize = 256;
 
 /// What to probe for one backend id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub check: HealthCheck,
-}
+pub use crate::state::ProbeTarget as Target;
 
 #[derive(Debug)]
 pub struct Transition {
@@ -127,7 +122,7 @@ async fn run(
         let Ok(permit) = slots.acquire().await else {
             return;
         };
-        let result = match tokio::time::timeout(timeout, probe::probe(t.addr, c)).await {
+        let result = match tokio::time::timeout(timeout, probe::probe(t.addr, t.mark, c)).await {
             Ok(r) => r,
             Err(_) => Err(probe::ProbeFailure(format!(
                 "timeout after {} ms",

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpStream, UdpSocket},
+    net::{TcpSocket, TcpStream, UdpSocket},
 };
 
 use crate::config::{HealthCheck, ProbeKind};
@@ -40,19 +40,22 @@ fn io_reason(e: std::io::Error) -> ProbeFailure {
     })
 }
 
-pub async fn probe(addr: SocketAddr, c: &HealthCheck) -> Result<(), ProbeFailure> {
+/// One probe of `addr`; with `mark`, through the data path (the socket's packets carry the
+/// mark `xlb_probe` encapsulates for the backend).
+pub async fn probe(
+    addr: SocketAddr,
+    mark: Option<u32>,
+    c: &HealthCheck,
+) -> Result<(), ProbeFailure> {
     match c.kind {
         ProbeKind::None => Ok(()),
-        ProbeKind::Tcp => TcpStream::connect(addr)
-            .await
-            .map(|_| ())
-            .map_err(io_reason),
+        ProbeKind::Tcp => connect(addr, mark).await.map(|_| ()),
         ProbeKind::Http => {
-            let s = TcpStream::connect(addr).await.map_err(io_reason)?;
+            let s = connect(addr, mark).await?;
             http(s, addr, c).await
         }
         ProbeKind::Https => {
-            let s = TcpStream::connect(addr).await.map_err(io_reason)?;
+            let s = connect(addr, mark).await?;
             let name = match &c.host {
                 Some(h) => ServerName::try_from(h.clone())
                     .map_err(|e| ProbeFailure(format!("server name {h:?}: {e}")))?,
@@ -66,6 +69,45 @@ pub async fn probe(addr: SocketAddr, c: &HealthCheck) -> Result<(), ProbeFailure
         }
         ProbeKind::Udp => udp(addr, c).await,
     }
+}
+
+async fn connect(addr: SocketAddr, mark: Option<u32>) -> Result<TcpStream, ProbeFailure> {
+    let Some(mark) = mark else {
+        return TcpStream::connect(addr).await.map_err(io_reason);
+    };
+    let s = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(io_reason)?;
+    set_mark(&s, mark).map_err(|e| ProbeFailure(format!("SO_MARK: {e}")))?;
+    s.connect(addr).await.map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENETUNREACH) {
+            // The marked packets leave through the route to the VIP; there is none.
+            ProbeFailure(format!("no route to the VIP {} from this host", addr.ip()))
+        } else {
+            io_reason(e)
+        }
+    })
+}
+
+fn set_mark(s: &TcpSocket, mark: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket descriptor and a 4-byte option value that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&raw const mark).cast(),
+            size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 async fn http<S: AsyncRead + AsyncWrite + Unpin>(
@@ -228,6 +270,7 @@ mod tests {
             body: None,
             payload: Some("ping".into()),
             expect: None,
+            via: Default::default(),
         }
     }
 
@@ -253,7 +296,7 @@ mod tests {
         let mut c = check(ProbeKind::Http);
         let (addr, h) = http_once("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nall ok\n").await;
         c.body = Some("all ok".into());
-        assert_eq!(probe(addr, &c).await, Ok(()));
+        assert_eq!(probe(addr, None, &c).await, Ok(()));
         let req = h.await.expect("server");
         assert!(
             req.starts_with("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
@@ -261,18 +304,21 @@ mod tests {
         );
 
         let (addr, _h) = http_once("HTTP/1.1 200 OK\r\n\r\ndegraded").await;
-        assert_eq!(probe(addr, &c).await, Err("body lacks \"all ok\"".into()));
+        assert_eq!(
+            probe(addr, None, &c).await,
+            Err("body lacks \"all ok\"".into())
+        );
 
         c.body = None;
         let (addr, _h) = http_once("HTTP/1.0 503 Service Unavailable\r\n\r\n").await;
-        assert_eq!(probe(addr, &c).await, Err("HTTP status 503".into()));
+        assert_eq!(probe(addr, None, &c).await, Err("HTTP status 503".into()));
         c.status = Some("500-503".into());
         let (addr, _h) = http_once("HTTP/1.0 503 Service Unavailable\r\n\r\n").await;
-        assert_eq!(probe(addr, &c).await, Ok(()));
+        assert_eq!(probe(addr, None, &c).await, Ok(()));
 
         let (addr, _h) = http_once("SSH-2.0-OpenSSH\r\n").await;
         assert_eq!(
-            probe(addr, &c).await,
+            probe(addr, None, &c).await,
             Err("no HTTP status line in the answer".into())
         );
     }
@@ -312,12 +358,12 @@ mod tests {
         });
         let mut c = check(ProbeKind::Https);
         c.body = Some("secure ok".into());
-        assert_eq!(probe(addr, &c).await, Ok(()));
+        assert_eq!(probe(addr, None, &c).await, Ok(()));
         c.body = None;
-        assert_eq!(probe(addr, &c).await, Err("HTTP status 500".into()));
+        assert_eq!(probe(addr, None, &c).await, Err("HTTP status 500".into()));
         // Plain HTTP spoken to a TLS client fails the handshake.
         let (plain, _h) = http_once("HTTP/1.1 200 OK\r\n\r\n").await;
-        let e = probe(plain, &c).await.expect_err("not TLS");
+        let e = probe(plain, None, &c).await.expect_err("not TLS");
         assert!(e.0.starts_with("TLS handshake"), "{e}");
     }
 
@@ -328,14 +374,14 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("port");
         assert_eq!(
-            probe(addr, &check(ProbeKind::Tcp)).await,
+            probe(addr, None, &check(ProbeKind::Tcp)).await,
             Err("connection refused".into())
         );
         let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
         let uaddr = u.local_addr().expect("addr");
         drop(u);
         assert_eq!(
-            probe(uaddr, &check(ProbeKind::Udp)).await,
+            probe(uaddr, None, &check(ProbeKind::Udp)).await,
             Err("connection refused".into())
         );
         let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
@@ -349,6 +395,6 @@ mod tests {
         });
         let mut c = check(ProbeKind::Udp);
         c.expect = Some("ping".into());
-        assert_eq!(probe(eaddr, &c).await, Ok(()));
+        assert_eq!(probe(eaddr, None, &c).await, Ok(()));
     }
 }

@@ -32,7 +32,9 @@ pub use self::{
     persist::{AttachedIface, PersistError, Saved, Store},
     plan::{Member, NextHop, Plan, PlanError, Unreachable},
 };
-use crate::config::{Config, ConfigError, DaemonConfig, FwdMode, HealthCheck, Removal, VipRef};
+use crate::config::{
+    Config, ConfigError, DaemonConfig, FwdMode, HealthCheck, ProbeVia, Removal, VipRef,
+};
 
 /// Next-hop answers for (address, must be on link).
 pub type Resolved = HashMap<(IpAddr, bool), Result<NextHop, Unreachable>>;
@@ -103,6 +105,16 @@ pub struct Counters {
     pub unresolved: u64,
     /// Times an attached interface was deleted or re-created under the forwarder.
     pub interfaces_lost: u64,
+}
+
+/// What the health monitor probes for one backend id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// The backend's address and check port, or the VIP's (`via = "vip"`).
+    pub addr: SocketAddr,
+    /// `SO_MARK` of the probe socket (`via = "vip"`: `xlb_probe` encapsulates it).
+    pub mark: Option<u32>,
+    pub check: HealthCheck,
 }
 
 /// Backend counts for `xlb status`.
@@ -871,7 +883,7 @@ impl State {
     }
 
     /// What the health monitor should probe: every member of a VIP with a health check.
-    pub fn probe_targets(&self) -> HashMap<u32, (SocketAddr, HealthCheck)> {
+    pub fn probe_targets(&self) -> HashMap<u32, ProbeTarget> {
         let ids = self.ids.by_member();
         let mut out = HashMap::new();
         for v in &self.cfg.vips {
@@ -881,7 +893,26 @@ impl State {
                     continue;
                 };
                 let port = check.port.unwrap_or(v.port);
-                out.insert(*id, (SocketAddr::new(b.address, port), check.clone()));
+                let (addr, mark) = match check.via {
+                    ProbeVia::Direct => (SocketAddr::new(b.address, port), None),
+                    // To the VIP, marked for `xlb_probe` to encapsulate for this backend.
+                    ProbeVia::Vip => (
+                        SocketAddr::new(v.address, port),
+                        Some(
+                            lb_common::PROBE_MARK
+                                | (v.forwarding.code() as u32) << lb_common::PROBE_MODE_SHIFT
+                                | id,
+                        ),
+                    ),
+                };
+                out.insert(
+                    *id,
+                    ProbeTarget {
+                        addr,
+                        mark,
+                        check: check.clone(),
+                    },
+                );
             }
         }
         out

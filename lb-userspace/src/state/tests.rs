@@ -520,6 +520,7 @@ fn with_quorum(q: u32, loss: QuorumLoss, fallback: &[&str]) -> Config {
         body: None,
         payload: None,
         expect: None,
+        via: Default::default(),
     });
     c
 }
@@ -936,9 +937,27 @@ fn probe_targets_are_the_members_with_a_check_on_its_port() {
     r.apply(c);
     let t = r.state.probe_targets();
     assert_eq!(t.len(), 3, "VIP B has no check");
-    let (addr, check) = &t[&r.id(VIP_A, "10.1.0.1")];
-    assert_eq!(addr.to_string(), "10.1.0.1:8080");
-    assert_eq!(check.kind, ProbeKind::Tcp);
+    let p = &t[&r.id(VIP_A, "10.1.0.1")];
+    assert_eq!(p.addr.to_string(), "10.1.0.1:8080");
+    assert_eq!((p.check.kind, p.mark), (ProbeKind::Tcp, None));
+
+    // Through the data path: to the VIP and the check's port, marked with the VIP's forwarding
+    // mode and the backend's id for `xlb_probe`.
+    let mut c = with_quorum(1, QuorumLoss::KeepLast, &[]);
+    c.vips[0].forwarding = FwdMode::Gue;
+    if let Some(h) = c.vips[0].health.as_mut() {
+        h.port = Some(8080);
+        h.via = crate::config::ProbeVia::Vip;
+    }
+    r.apply(c);
+    let t = r.state.probe_targets();
+    let id = r.id(VIP_A, "10.1.0.1");
+    let vip = r.state.cfg().vips[0].address;
+    assert_eq!(t[&id].addr, std::net::SocketAddr::new(vip, 8080));
+    assert_eq!(
+        t[&id].mark,
+        Some(lb_common::PROBE_MARK | (lb_common::FWD_GUE as u32) << 14 | id)
+    );
 }
 
 #[test]

@@ -1,0 +1,167 @@
+//! `xlb_probe` (TC egress): health probes through the data path. A probe socket of the daemon
+//! marks its packets (`PROBE_MARK`, the VIP's forwarding mode, the backend id); here they are
+//! encapsulated exactly as the forwarder would encapsulate a client's packet for that backend
+//! and sent towards it, so the probe passes the backend's decap, its VIP on loopback and its
+//! service, and the answer comes back from the VIP as a client's would. Everything else passes
+//! untouched (the forwarder's own output never reaches TC: XDP_TX and XDP_REDIRECT bypass it).
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::bpf_redirect,
+    programs::TcContext,
+};
+use lb_common::{
+    Addr, Backend, FAMILY_V4, FAMILY_V6, FWD_GUE, FWD_L2, FlowKey, LbConfig, PROBE_ID_MASK,
+    PROBE_MARK, PROBE_MARK_MASK, PROBE_MODE_SHIFT, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    decision::encap_entropy,
+};
+
+use crate::{
+    csum,
+    hdr::*,
+    maps::{BACKENDS, CONFIG, TX_IFINDEX},
+};
+
+const ETH: usize = size_of::<EthHdr>();
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    // SAFETY: the live __sk_buff of this invocation.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & PROBE_MARK_MASK != PROBE_MARK {
+        return TC_ACT_OK;
+    }
+    // Once: a second xlb_probe on the way (a daemon hand-over) must not wrap it again.
+    ctx.set_mark(0);
+    send(ctx, mark).unwrap_or(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn send(ctx: &TcContext, mark: u32) -> Result<i32, i64> {
+    let b = BACKENDS.get(mark & PROBE_ID_MASK).ok_or(-1)?;
+    let cfg = CONFIG.get(0).ok_or(-1)?;
+    let fwd_mode = ((mark >> PROBE_MODE_SHIFT) & 3) as u8;
+    if fwd_mode != FWD_L2 {
+        encapsulate(ctx, b, cfg, fwd_mode)?;
+    }
+    let src = if b.src_mac == [0; 6] {
+        ctx.load::<[u8; 6]>(6)?
+    } else {
+        b.src_mac
+    };
+    ctx.store(0, &b.dst_mac, 0)?;
+    ctx.store(6, &src, 0)?;
+    if b.tx_port == 0 {
+        return Ok(TC_ACT_OK);
+    }
+    let ifindex = *TX_IFINDEX.get(b.tx_port).ok_or(-1)?;
+    // SAFETY: a plain helper call.
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// Put the outer IP (and for GUE, UDP) header between the Ethernet header and the probe's own
+/// IP packet, with the forwarder's addresses and entropy.
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, b: &Backend, cfg: &LbConfig, fwd_mode: u8) -> Result<(), i64> {
+    let inner_len = ctx.len() as usize - ETH;
+    let version = ctx.load::<u8>(ETH)? >> 4;
+    let inner_v6 = version == 6;
+    let mut key = FlowKey {
+        family: if inner_v6 { FAMILY_V6 } else { FAMILY_V4 },
+        ..FlowKey::default()
+    };
+    let (tos, df, l4) = if inner_v6 {
+        let ip: Ipv6Hdr = ctx.load(ETH)?;
+        key.src = Addr(ip.src);
+        key.proto = ip.next;
+        let tos = (ip.vtcfl[0] << 4) | (ip.vtcfl[1] >> 4);
+        (tos, true, ETH + size_of::<Ipv6Hdr>())
+    } else {
+        let ip: Ipv4Hdr = ctx.load(ETH)?;
+        key.src = Addr::v4(ip.src);
+        key.proto = ip.proto;
+        let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+        (ip.tos, u16::from_be(ip.frag_be) & 0x4000 != 0, ETH + ihl)
+    };
+    let ports: [u16; 2] = ctx.load(l4)?;
+    (key.src_port_be, key.dst_port_be) = (ports[0], ports[1]);
+    let entropy = encap_entropy(&key);
+
+    let outer_v6 = b.family == FAMILY_V6;
+    let ip_len = if outer_v6 {
+        size_of::<Ipv6Hdr>()
+    } else {
+        size_of::<Ipv4Hdr>()
+    };
+    let gue = fwd_mode == FWD_GUE;
+    let udp_len = if gue { size_of::<UdpHdr>() } else { 0 };
+    let mut flags = if outer_v6 {
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV6
+    } else {
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    } as u64;
+    if gue {
+        flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
+    }
+    ctx.adjust_room((ip_len + udp_len) as i32, BPF_ADJ_ROOM_MAC, flags)?;
+    let proto = if gue {
+        PROTO_UDP
+    } else if inner_v6 {
+        PROTO_IPV6
+    } else {
+        PROTO_IPIP
+    };
+    let payload = inner_len + udp_len;
+    if outer_v6 {
+        let mut src = cfg.encap_src_v6.0;
+        src[3] = (src[3] & !cfg.encap_src_v6_mask) | (entropy & cfg.encap_src_v6_mask);
+        let flow = entropy & 0x000f_ffff;
+        let h = Ipv6Hdr {
+            vtcfl: [
+                0x60 | (tos >> 4),
+                (tos << 4) | (flow >> 16) as u8,
+                (flow >> 8) as u8,
+                flow as u8,
+            ],
+            payload_len_be: (payload as u16).to_be(),
+            next: proto,
+            hop: 64,
+            src,
+            dst: b.addr.0,
+        };
+        ctx.store(ETH, &h, 0)?;
+        ctx.store(12, &ETH_P_IPV6_BE, 0)?;
+    } else {
+        let src = (cfg.encap_src_v4 & !cfg.encap_src_v4_mask) | (entropy & cfg.encap_src_v4_mask);
+        let mut h = Ipv4Hdr {
+            vihl: 0x45,
+            tos,
+            tot_len_be: ((payload + size_of::<Ipv4Hdr>()) as u16).to_be(),
+            id_be: 0,
+            frag_be: if df { 0x4000u16.to_be() } else { 0 },
+            ttl: 64,
+            proto,
+            csum: 0,
+            src,
+            dst: b.addr.0[0],
+        };
+        h.csum = csum::ipv4(&h);
+        ctx.store(ETH, &h, 0)?;
+        ctx.store(12, &ETH_P_IPV4_BE, 0)?;
+    }
+    if gue {
+        let udp = UdpHdr {
+            sport_be: (0xc000 | (entropy & 0x3fff) as u16).to_be(),
+            dport_be: cfg.gue_port_be,
+            len_be: (payload as u16).to_be(),
+            csum: 0,
+        };
+        ctx.store(ETH + ip_len, &udp, 0)?;
+    }
+    Ok(())
+}
