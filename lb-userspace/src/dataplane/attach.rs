@@ -113,14 +113,18 @@ impl Dataplane {
             .program_mut(prog_names::PROBE)
             .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
             .try_into()?;
-        let id = probe
-            .attach(iface, TcAttachType::Egress)
-            .map_err(|source| DataplaneError::Attach {
-                program: prog_names::PROBE,
-                iface: iface.to_string(),
-                source,
-            })?;
-        self.probe_links.insert(iface.to_string(), id);
+        // Kernels before 6.6 attach through a clsact qdisc (TCX needs none); one may exist.
+        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        match probe.attach(iface, TcAttachType::Egress) {
+            Ok(id) => {
+                self.probe_links.insert(iface.to_string(), id);
+            }
+            // Forwarding does not depend on it, only `via = "vip"` health checks do: their
+            // packets would leave this interface unencapsulated, which the warning says.
+            Err(e) => tracing::warn!(
+                "{iface}: xlb_probe not attached ({e}); health checks with via = \"vip\" leaving through this interface are not encapsulated and do not test the data path"
+            ),
+        }
         Ok(())
     }
 
