@@ -113,8 +113,12 @@ impl Dataplane {
             .program_mut(prog_names::PROBE)
             .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
             .try_into()?;
-        // Kernels before 6.6 attach through a clsact qdisc (TCX needs none); one may exist.
-        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        // Kernels before 6.6 attach through a clsact qdisc (one may exist already); TCX, used
+        // from 6.6 on, needs none, and none is added there.
+        use aya::util::KernelVersion;
+        if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        }
         match probe.attach(iface, TcAttachType::Egress) {
             Ok(id) => {
                 self.probe_links.insert(iface.to_string(), id);
