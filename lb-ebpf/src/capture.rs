@@ -1,7 +1,8 @@
 //! The capture path: runs only while `CFG_F_CAPTURE` is set. The record is assembled in a
 //! per-CPU scratch buffer (a forwarded frame is copied there as received just before it is
-//! rewritten; passes and drops are never rewritten), filtered on outcome, VIP and backend,
-//! sampled, and copied to the ring at its exact size.
+//! rewritten; passes and drops are never rewritten); after the verdict the forwarder stages what
+//! it knew there and tail-calls `xlb_capture`, which filters on outcome, VIP and backend,
+//! samples, and copies the record to the ring at its exact size.
 
 use aya_ebpf::{
     helpers::{
