@@ -493,10 +493,33 @@ fn every_forwarding_mode_and_family_carries_real_connections() {
             ));
         }
     }
+    // Every backend starts down and comes up only by passing a health check through the data
+    // path (`via = "vip"`), encapsulated as the forwarder would for its mode and family: the
+    // connections below reach all three backends only if those probes worked. The LB's routes
+    // to the VIPs (an edge host's default route) leave through the forwarder's interface.
+    lab.net.lb.ip(&[
+        "route",
+        "add",
+        &format!("{VIP}/32"),
+        "via",
+        "10.0.1.2",
+        "dev",
+        "lc",
+    ]);
+    lab.net.lb.ip(&[
+        "-6",
+        "route",
+        "add",
+        &format!("{VIP6}/128"),
+        "via",
+        "fd00:1::2",
+        "dev",
+        "lc",
+    ]);
     let mut c = lab.base_config();
     let mut vip = |addr: String, port: u16, fwd: &str, backends: Vec<String>| {
         c += &format!(
-            "\n[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"tcp\"\nforwarding = \"{fwd}\"\n"
+            "\n[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"tcp\"\nforwarding = \"{fwd}\"\n\n[vip.health]\ntype = \"tcp\"\nvia = \"vip\"\nstart = \"down\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 1\nfall = 3\n"
         );
         for b in backends {
             c += &format!("\n[[vip.backend]]\naddress = \"{b}\"\n");
@@ -520,6 +543,25 @@ fn every_forwarding_mode_and_family_carries_real_connections() {
     vip(VIP6.to_string(), 9000, "ipip", v6.clone());
     vip(VIP6.to_string(), 9002, "gue", v4.clone());
     lab.start(&c);
+    for (vip, port, backends) in [
+        (VIP.to_string(), 9000, &v4),
+        (VIP.to_string(), 9002, &v4),
+        (VIP.to_string(), 9003, &v4),
+        (format!("[{VIP6}]"), 9000, &v6),
+        (format!("[{VIP6}]"), 9002, &v4),
+    ] {
+        let id = format!("{vip}:{port}/tcp");
+        for b in backends {
+            let t = lab.wait_backend_state(Some(&id), b, "up", Duration::from_secs(5));
+            eprintln!(
+                "{id} {b}: up through the data path after {} ms",
+                t.as_millis()
+            );
+        }
+    }
+    // Each of the 15 (VIP, backend) pairs started down and came up by its probes.
+    let status = lab.json(&["status"]);
+    assert_eq!(status["health_transitions"], 15, "{status}");
     for (name, dst) in [
         ("IPv4 IPIP", std::net::SocketAddr::from((VIP, 9000))),
         ("IPv4 GUE", (VIP, 9002).into()),
