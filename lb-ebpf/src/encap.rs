@@ -97,59 +97,99 @@ pub fn send(
     write_l2(ctx, l2, b.dst_mac, src_mac, outer_proto_be)?;
 
     let entropy = encap_entropy(&p.pkt.key);
-    let proto = if udp_len != 0 {
+    let proto = outer_proto(udp_len != 0, inner_v6);
+    let payload = p.l3_len + udp_len;
+    let l3 = bound_l3(p.l3_off)?;
+    if outer_v6 {
+        write::<Ipv6Hdr>(ctx, l3, v6_header(cfg, b, entropy, p.tos, payload, proto))?;
+    } else {
+        let h = v4_header(cfg, b, entropy, p.tos, p.df, payload, proto);
+        write::<Ipv4Hdr>(ctx, l3, h)?;
+    }
+    if udp_len != 0 {
+        write::<UdpHdr>(ctx, l3 + ip_len, gue_header(cfg, entropy, payload))?;
+    }
+    transmit(b)
+}
+
+/// The outer header's protocol: UDP for GUE, else the inner family's IP-in-IP number.
+#[inline(always)]
+pub fn outer_proto(gue: bool, inner_v6: bool) -> u8 {
+    if gue {
         PROTO_UDP
     } else if inner_v6 {
         PROTO_IPV6
     } else {
         PROTO_IPIP
+    }
+}
+
+/// The outer IPv6 header towards `b`: the configured source with the flow's entropy in its
+/// masked bits and the flow label, the inner traffic class.
+#[inline(always)]
+pub fn v6_header(
+    cfg: &LbConfig,
+    b: &Backend,
+    entropy: u32,
+    tos: u8,
+    payload: usize,
+    proto: u8,
+) -> Ipv6Hdr {
+    let mut src = cfg.encap_src_v6.0;
+    src[3] = (src[3] & !cfg.encap_src_v6_mask) | (entropy & cfg.encap_src_v6_mask);
+    let flow = entropy & 0x000f_ffff;
+    Ipv6Hdr {
+        vtcfl: [
+            0x60 | (tos >> 4),
+            (tos << 4) | (flow >> 16) as u8,
+            (flow >> 8) as u8,
+            flow as u8,
+        ],
+        payload_len_be: (payload as u16).to_be(),
+        next: proto,
+        hop: 64,
+        src,
+        dst: b.addr.0,
+    }
+}
+
+/// The outer IPv4 header towards `b`, checksummed: the configured source with the flow's
+/// entropy in its masked bits, the inner TOS and DF.
+#[inline(always)]
+pub fn v4_header(
+    cfg: &LbConfig,
+    b: &Backend,
+    entropy: u32,
+    tos: u8,
+    df: bool,
+    payload: usize,
+    proto: u8,
+) -> Ipv4Hdr {
+    let src = (cfg.encap_src_v4 & !cfg.encap_src_v4_mask) | (entropy & cfg.encap_src_v4_mask);
+    let mut h = Ipv4Hdr {
+        vihl: 0x45,
+        tos,
+        tot_len_be: ((payload + size_of::<Ipv4Hdr>()) as u16).to_be(),
+        id_be: 0,
+        frag_be: if df { 0x4000u16.to_be() } else { 0 },
+        ttl: 64,
+        proto,
+        csum: 0,
+        src,
+        dst: b.addr.0[0],
     };
-    let payload = p.l3_len + udp_len;
-    let l3 = bound_l3(p.l3_off)?;
-    if outer_v6 {
-        let mut src = cfg.encap_src_v6.0;
-        src[3] = (src[3] & !cfg.encap_src_v6_mask) | (entropy & cfg.encap_src_v6_mask);
-        let flow = entropy & 0x000f_ffff;
-        let h = Ipv6Hdr {
-            vtcfl: [
-                0x60 | (p.tos >> 4),
-                (p.tos << 4) | (flow >> 16) as u8,
-                (flow >> 8) as u8,
-                flow as u8,
-            ],
-            payload_len_be: (payload as u16).to_be(),
-            next: proto,
-            hop: 64,
-            src,
-            dst: b.addr.0,
-        };
-        write::<Ipv6Hdr>(ctx, l3, h)?;
-    } else {
-        let src = (cfg.encap_src_v4 & !cfg.encap_src_v4_mask) | (entropy & cfg.encap_src_v4_mask);
-        let mut h = Ipv4Hdr {
-            vihl: 0x45,
-            tos: p.tos,
-            tot_len_be: ((payload + size_of::<Ipv4Hdr>()) as u16).to_be(),
-            id_be: 0,
-            frag_be: if p.df { 0x4000u16.to_be() } else { 0 },
-            ttl: 64,
-            proto,
-            csum: 0,
-            src,
-            dst: b.addr.0[0],
-        };
-        h.csum = csum::ipv4(&h);
-        write::<Ipv4Hdr>(ctx, l3, h)?;
+    h.csum = csum::ipv4(&h);
+    h
+}
+
+/// The GUE UDP header: a source port from the flow, in the ephemeral range, so the backend's
+/// RSS spreads flows; no checksum (the inner packet carries its own).
+#[inline(always)]
+pub fn gue_header(cfg: &LbConfig, entropy: u32, payload: usize) -> UdpHdr {
+    UdpHdr {
+        sport_be: (0xc000 | (entropy & 0x3fff) as u16).to_be(),
+        dport_be: cfg.gue_port_be,
+        len_be: (payload as u16).to_be(),
+        csum: 0,
     }
-    if udp_len != 0 {
-        // Source port from the flow, in the ephemeral range, so the backend's RSS spreads flows.
-        let udp = UdpHdr {
-            sport_be: (0xc000 | (entropy & 0x3fff) as u16).to_be(),
-            dport_be: cfg.gue_port_be,
-            len_be: (payload as u16).to_be(),
-            csum: 0,
-        };
-        write::<UdpHdr>(ctx, l3 + ip_len, udp)?;
-    }
-    transmit(b)
 }

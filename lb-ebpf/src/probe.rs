@@ -17,12 +17,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, Backend, FAMILY_V4, FAMILY_V6, FWD_GUE, FWD_L2, FlowKey, LbConfig, PROBE_ID_MASK,
-    PROBE_MARK, PROBE_MARK_MASK, PROBE_MODE_SHIFT, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
-    decision::encap_entropy,
+    PROBE_MARK, PROBE_MARK_MASK, PROBE_MODE_SHIFT, decision::encap_entropy,
 };
 
 use crate::{
-    csum,
+    encap::{gue_header, outer_proto, v4_header, v6_header},
     hdr::*,
     maps::{BACKENDS, CONFIG, TX_IFINDEX},
 };
@@ -109,59 +108,17 @@ fn encapsulate(ctx: &TcContext, b: &Backend, cfg: &LbConfig, fwd_mode: u8) -> Re
         flags |= BPF_F_ADJ_ROOM_ENCAP_L4_UDP as u64;
     }
     ctx.adjust_room((ip_len + udp_len) as i32, BPF_ADJ_ROOM_MAC, flags)?;
-    let proto = if gue {
-        PROTO_UDP
-    } else if inner_v6 {
-        PROTO_IPV6
-    } else {
-        PROTO_IPIP
-    };
+    let proto = outer_proto(gue, inner_v6);
     let payload = inner_len + udp_len;
     if outer_v6 {
-        let mut src = cfg.encap_src_v6.0;
-        src[3] = (src[3] & !cfg.encap_src_v6_mask) | (entropy & cfg.encap_src_v6_mask);
-        let flow = entropy & 0x000f_ffff;
-        let h = Ipv6Hdr {
-            vtcfl: [
-                0x60 | (tos >> 4),
-                (tos << 4) | (flow >> 16) as u8,
-                (flow >> 8) as u8,
-                flow as u8,
-            ],
-            payload_len_be: (payload as u16).to_be(),
-            next: proto,
-            hop: 64,
-            src,
-            dst: b.addr.0,
-        };
-        ctx.store(ETH, &h, 0)?;
+        ctx.store(ETH, &v6_header(cfg, b, entropy, tos, payload, proto), 0)?;
         ctx.store(12, &ETH_P_IPV6_BE, 0)?;
     } else {
-        let src = (cfg.encap_src_v4 & !cfg.encap_src_v4_mask) | (entropy & cfg.encap_src_v4_mask);
-        let mut h = Ipv4Hdr {
-            vihl: 0x45,
-            tos,
-            tot_len_be: ((payload + size_of::<Ipv4Hdr>()) as u16).to_be(),
-            id_be: 0,
-            frag_be: if df { 0x4000u16.to_be() } else { 0 },
-            ttl: 64,
-            proto,
-            csum: 0,
-            src,
-            dst: b.addr.0[0],
-        };
-        h.csum = csum::ipv4(&h);
-        ctx.store(ETH, &h, 0)?;
+        ctx.store(ETH, &v4_header(cfg, b, entropy, tos, df, payload, proto), 0)?;
         ctx.store(12, &ETH_P_IPV4_BE, 0)?;
     }
     if gue {
-        let udp = UdpHdr {
-            sport_be: (0xc000 | (entropy & 0x3fff) as u16).to_be(),
-            dport_be: cfg.gue_port_be,
-            len_be: (payload as u16).to_be(),
-            csum: 0,
-        };
-        ctx.store(ETH + ip_len, &udp, 0)?;
+        ctx.store(ETH + ip_len, &gue_header(cfg, entropy, payload), 0)?;
     }
     Ok(())
 }

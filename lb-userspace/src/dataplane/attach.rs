@@ -108,11 +108,7 @@ impl Dataplane {
         if program != prog_names::FORWARD || self.probe_links.contains_key(iface) {
             return Ok(());
         }
-        let probe: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(prog_names::PROBE)
-            .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
-            .try_into()?;
+        let probe = self.probe_program()?;
         // Kernels before 6.6 attach through a clsact qdisc (one may exist already); TCX, used
         // from 6.6 on, needs none, and none is added there.
         use aya::util::KernelVersion;
@@ -132,16 +128,19 @@ impl Dataplane {
         Ok(())
     }
 
+    fn probe_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program_mut(prog_names::PROBE)
+            .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
+            .try_into()?)
+    }
+
     fn detach_probe(&mut self, iface: &str) -> Result<(), DataplaneError> {
         let Some(id) = self.probe_links.remove(iface) else {
             return Ok(());
         };
-        let probe: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(prog_names::PROBE)
-            .ok_or(DataplaneError::MissingProgram(prog_names::PROBE))?
-            .try_into()?;
-        probe
+        self.probe_program()?
             .detach(id)
             .map_err(|source| DataplaneError::Program { source })
     }
