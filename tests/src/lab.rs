@@ -362,6 +362,28 @@ name = "lc"
         }
     }
 
+    /// Routes to the VIPs in the LB namespace out of the forwarder's interface (`lc`, the
+    /// client as next hop): what an edge host's default route gives `via = "vip"` health
+    /// probes, whose packets `xlb_probe` takes on that interface's egress.
+    pub fn route_vips_out_of_the_forwarder(&self) {
+        let (v4, v6) = (format!("{VIP}/32"), format!("{}/128", crate::topo::VIP6));
+        self.net
+            .lb
+            .ip(&["route", "add", &v4, "via", "10.0.1.2", "dev", "lc"]);
+        self.net
+            .lb
+            .ip(&["-6", "route", "add", &v6, "via", "fd00:1::2", "dev", "lc"]);
+    }
+
+    /// The backends' IPv4 addresses, as `xlb backend list` shows them.
+    pub fn backend_addrs(&self) -> Vec<String> {
+        self.net
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect()
+    }
+
     /// `GET path` on the daemon's admin endpoint from inside the LB namespace: the whole
     /// HTTP response.
     pub fn admin_get(&self, path: &str) -> String {

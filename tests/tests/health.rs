@@ -40,6 +40,20 @@ fn servers(lab: &Lab) -> Vec<Option<Echo>> {
     lab.net.backends.iter().map(|b| Some(echo(b))).collect()
 }
 
+/// 24 long-lived TCP connections through the VIP, ping-pong every 50 ms until told to stop,
+/// given `settle_ms` to spread over the backends.
+fn tcp_flows(lab: &Lab, settle_ms: u64) -> LongLived {
+    let clients = LongLived::start(
+        &lab.net.client,
+        24,
+        TCP_PORT,
+        false,
+        Duration::from_millis(50),
+    );
+    std::thread::sleep(Duration::from_millis(settle_ms));
+    clients
+}
+
 /// New TCP connections through the VIP; the answering backends.
 fn new_tcp(lab: &Lab, n: usize) -> HashMap<String, usize> {
     tests::clients::short_tcp(&lab.net.client, n, TCP_PORT, None)
@@ -54,15 +68,7 @@ fn tcp_backend_failure_is_detected_and_only_its_flows_are_affected() {
     let list = lab.json(&["backend", "list"]);
     assert!(list[0]["health"]["healthy"] == true, "{list}");
 
-    // Long-lived connections: ping-pong every 50 ms until told to stop.
-    let clients = LongLived::start(
-        &lab.net.client,
-        24,
-        TCP_PORT,
-        false,
-        Duration::from_millis(50),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let clients = tcp_flows(&lab, 500);
 
     // Kill backend-2's server.
     let t_kill = Instant::now();
@@ -316,39 +322,17 @@ fn http_ok(b: &tests::topo::BackendHost, port: u16) -> Echo {
 #[test]
 fn probes_through_the_data_path_find_a_backend_that_drops_clients() {
     let mut lab = Lab::new(3);
-    // The LB's route to the VIP (its default route on an edge host) leaves through the
-    // forwarder's interface, whose egress `xlb_probe` watches.
-    lab.net.lb.ip(&[
-        "route",
-        "add",
-        &format!("{VIP}/32"),
-        "via",
-        "10.0.1.2",
-        "dev",
-        "lc",
-    ]);
+    lab.route_vips_out_of_the_forwarder();
     let _srv = servers(&lab);
     let _http: Vec<Echo> = lab.net.backends.iter().map(|b| http_ok(b, 9080)).collect();
     let vip_tcp = "type = \"tcp\"\nvia = \"vip\"";
     lab.start(&config(&lab, TCP_PORT, "tcp", vip_tcp));
-    let addrs: Vec<String> = lab
-        .net
-        .backends
-        .iter()
-        .map(|b| b.addr.to_string())
-        .collect();
+    let addrs = lab.backend_addrs();
     std::thread::sleep(Duration::from_millis(INTERVAL_MS * (FALL + 2)));
     for a in &addrs {
         wait_state(&lab, a, "up", Duration::from_secs(2));
     }
-    let clients = LongLived::start(
-        &lab.net.client,
-        24,
-        TCP_PORT,
-        false,
-        Duration::from_millis(50),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let clients = tcp_flows(&lab, 300);
 
     // Backend 2 no longer has the VIP: what reaches it through the data path is not for it.
     let b2 = &lab.net.backends[1];

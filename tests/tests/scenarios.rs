@@ -495,27 +495,8 @@ fn every_forwarding_mode_and_family_carries_real_connections() {
     }
     // Every backend starts down and comes up only by passing a health check through the data
     // path (`via = "vip"`), encapsulated as the forwarder would for its mode and family: the
-    // connections below reach all three backends only if those probes worked. The LB's routes
-    // to the VIPs (an edge host's default route) leave through the forwarder's interface.
-    lab.net.lb.ip(&[
-        "route",
-        "add",
-        &format!("{VIP}/32"),
-        "via",
-        "10.0.1.2",
-        "dev",
-        "lc",
-    ]);
-    lab.net.lb.ip(&[
-        "-6",
-        "route",
-        "add",
-        &format!("{VIP6}/128"),
-        "via",
-        "fd00:1::2",
-        "dev",
-        "lc",
-    ]);
+    // connections below reach all three backends only if those probes worked.
+    lab.route_vips_out_of_the_forwarder();
     let mut c = lab.base_config();
     let mut vip = |addr: String, port: u16, fwd: &str, backends: Vec<String>| {
         c += &format!(
@@ -525,12 +506,7 @@ fn every_forwarding_mode_and_family_carries_real_connections() {
             c += &format!("\n[[vip.backend]]\naddress = \"{b}\"\n");
         }
     };
-    let v4: Vec<String> = lab
-        .net
-        .backends
-        .iter()
-        .map(|b| b.addr.to_string())
-        .collect();
+    let v4 = lab.backend_addrs();
     let v6: Vec<String> = lab
         .net
         .backends
