@@ -31,7 +31,7 @@ use std::{
 
 use crate::{
     echo::Echo,
-    lab::{nsenter, ran, xlb_bin},
+    lab::{nsenter, ran, xlb_at, xlb_bin},
     netns::{Netns, veth},
     topo::{TCP_PORT, UDP_PORT, VIP},
 };
@@ -168,12 +168,7 @@ pub struct Node {
 impl Node {
     /// `xlb --socket <this node's> ARGS`.
     pub fn xlb(&self, args: &[&str]) -> Output {
-        Command::new(xlb_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run xlb")
+        xlb_at(&self.socket, args)
     }
 
     /// `xlb ARGS` run on this node's host (its network namespace), as tools that touch the

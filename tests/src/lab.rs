@@ -32,6 +32,17 @@ pub fn xlb_bin() -> PathBuf {
 
 /// A command that runs in network namespace `ns`. Not `ip netns exec`: that remounts /sys,
 /// hiding bpffs, where xlb pins its maps and links.
+/// `xlb --socket SOCKET ARGS`: the CLI against one daemon (the socket is a path; no namespace
+/// needed).
+pub fn xlb_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(xlb_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run xlb")
+}
+
 pub fn nsenter(ns: &str) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{ns}")).arg("--");
@@ -246,14 +257,9 @@ name = "lc"
         s
     }
 
-    /// `xlb --socket <lab socket> ARGS` (the socket is a path; no namespace needed).
+    /// `xlb --socket <lab socket> ARGS`.
     pub fn xlb(&self, args: &[&str]) -> Output {
-        Command::new(xlb_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run xlb")
+        xlb_at(&self.socket, args)
     }
 
     /// Run `xlb capture ARGS` against this lab's daemon, calling `traffic` until it ends (it
