@@ -31,7 +31,7 @@ use std::{
 
 use crate::{
     echo::Echo,
-    lab::{nsenter, ran, xlb_at, xlb_bin},
+    lab::{nsenter, ran, spawn_daemon, xlb_at, xlb_bin},
     netns::{Netns, veth},
     topo::{TCP_PORT, UDP_PORT, VIP},
 };
@@ -203,20 +203,13 @@ impl Node {
     pub fn start_daemon(&mut self, config: &str) {
         assert!(self.daemon.is_none(), "daemon already running");
         std::fs::write(&self.config_path, config).expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))
-            .expect("log");
-        let child = nsenter(&self.ns.name)
-            .arg(xlb_bin())
-            .args(["daemon", "--config"])
-            .arg(&self.config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn daemon");
-        self.daemon = Some(child);
+        let log = self.dir.join("daemon.log");
+        self.daemon = Some(spawn_daemon(
+            &self.ns.name,
+            &xlb_bin(),
+            &self.config_path,
+            &log,
+        ));
         let t0 = Instant::now();
         while !self.xlb(&["status"]).status.success() {
             if let Some(c) = self.daemon.as_mut()

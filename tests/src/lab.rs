@@ -43,6 +43,23 @@ pub fn xlb_at(socket: &Path, args: &[&str]) -> Output {
         .expect("run xlb")
 }
 
+/// `BIN daemon --config CONFIG` in namespace `ns`, its log appended to `log`.
+pub fn spawn_daemon(ns: &str, bin: &Path, config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("daemon log");
+    nsenter(ns)
+        .arg(bin)
+        .args(["daemon", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn daemon")
+}
+
 pub fn nsenter(ns: &str) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{ns}")).arg("--");
@@ -201,20 +218,8 @@ name = "lc"
     fn try_start_bin(&mut self, bin: &Path, ns: &str, config: &str) -> Result<(), String> {
         assert!(self.daemon.is_none(), "daemon already running");
         std::fs::write(&self.config_path, config).expect("write config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))
-            .expect("daemon log");
-        let child = nsenter(ns)
-            .arg(bin)
-            .args(["daemon", "--config"])
-            .arg(&self.config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn daemon");
-        self.daemon = Some(child);
+        let log = self.dir.join("daemon.log");
+        self.daemon = Some(spawn_daemon(ns, bin, &self.config_path, &log));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.xlb(&["status"]).status.success() {
