@@ -48,13 +48,11 @@ fn send(ctx: &TcContext, mark: u32) -> Result<i32, i64> {
     if fwd_mode != FWD_L2 {
         encapsulate(ctx, b, cfg, fwd_mode)?;
     }
-    let src = if b.src_mac == [0; 6] {
-        ctx.load::<[u8; 6]>(6)?
-    } else {
-        b.src_mac
-    };
     ctx.store(0, &b.dst_mac, 0)?;
-    ctx.store(6, &src, 0)?;
+    // Zero: keep the interface's own MAC, which the stack already wrote (one-arm).
+    if b.src_mac != [0; 6] {
+        ctx.store(6, &b.src_mac, 0)?;
+    }
     if b.tx_port == 0 {
         return Ok(TC_ACT_OK);
     }
