@@ -26,6 +26,29 @@ pub struct VipStats {
     pub deferred: u64,
 }
 
+/// Which `VipStats` counters after `bytes` a forwarded packet bumps, one bit each (in field
+/// order: new_flows is bit 0 ... deferred bit 5), for a pick and whether the VIP tracks flows.
+/// Computed with shifts and masks, not branches: a branch or an index on the pick makes the
+/// verifier track its exact value and walk everything before the counters once per pick.
+#[inline(always)]
+pub fn counter_bits(pick: crate::decision::Pick, stateful: bool) -> u64 {
+    // Per pick, in declaration order (Tracked, Ring, Failover, Expired, Deferred), a byte:
+    // hits; misses and new; misses, new and failover; misses, new and expired; misses and
+    // deferred.
+    const BY_PICK: u64 = 0x02 | 0x05 << 8 | 0x0d << 16 | 0x15 << 24 | 0x24 << 32;
+    // new_flows, hits and misses count only tracked flows.
+    let keep = 0x38 | (stateful as u64) * 0x07;
+    (BY_PICK >> ((pick as u64) << 3)) & keep
+}
+
+/// Bit positions of `counter_bits`.
+pub const BUMP_NEW: u32 = 0;
+pub const BUMP_HIT: u32 = 1;
+pub const BUMP_MISS: u32 = 2;
+pub const BUMP_FAILOVER: u32 = 3;
+pub const BUMP_EXPIRED: u32 = 4;
+pub const BUMP_DEFERRED: u32 = 5;
+
 /// `BACKEND_STATS[backend_id]`, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,3 +148,38 @@ pub const DECAP_OK: u32 = 0;
 pub const DECAP_PASS: u32 = 1;
 pub const DECAP_DROP: u32 = 2;
 pub const DECAP_STATS_COUNT: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Pick;
+
+    /// The bit table against the counters' definitions, spelled out.
+    #[test]
+    fn counter_bits_follow_the_counters_definitions() {
+        for pick in [
+            Pick::Tracked,
+            Pick::Ring,
+            Pick::Failover,
+            Pick::Expired,
+            Pick::Deferred,
+        ] {
+            for stateful in [false, true] {
+                let want = [
+                    (
+                        BUMP_NEW,
+                        stateful && pick != Pick::Tracked && pick != Pick::Deferred,
+                    ),
+                    (BUMP_HIT, stateful && pick == Pick::Tracked),
+                    (BUMP_MISS, stateful && pick != Pick::Tracked),
+                    (BUMP_FAILOVER, pick == Pick::Failover),
+                    (BUMP_EXPIRED, pick == Pick::Expired),
+                    (BUMP_DEFERRED, pick == Pick::Deferred),
+                ]
+                .iter()
+                .fold(0u64, |b, &(bit, on)| b | (on as u64) << bit);
+                assert_eq!(counter_bits(pick, stateful), want, "{pick:?} {stateful}");
+            }
+        }
+    }
+}

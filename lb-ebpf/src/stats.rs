@@ -1,7 +1,13 @@
 //! Tiny per-CPU counter helpers.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{decision::Pick, stats::Reason};
+use lb_common::{
+    decision::Pick,
+    stats::{
+        BUMP_DEFERRED, BUMP_EXPIRED, BUMP_FAILOVER, BUMP_HIT, BUMP_MISS, BUMP_NEW, Reason,
+        counter_bits,
+    },
+};
 
 use crate::{
     maps::{BACKEND_STATS, REASON_STATS, VIP_STATS},
@@ -28,29 +34,20 @@ pub fn finish(ctx: &XdpContext, v: Verdict) -> u32 {
 
 #[inline(always)]
 pub fn count_forward(vip_id: u32, backend_id: u32, pick: Pick, stateful: bool, bytes: u64) {
-    // An entry was written: a new flow for the VIP and the backend.
-    let fresh = stateful && pick != Pick::Tracked && pick != Pick::Deferred;
+    // Every counter is added to, by 0 or 1: no branch on the pick (see `counter_bits`).
+    let bits = counter_bits(pick, stateful);
+    let fresh = (bits >> BUMP_NEW) & 1;
     if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot of an array map; only this CPU writes it.
         unsafe {
             (*s).packets += 1;
             (*s).bytes += bytes;
-            if stateful {
-                if pick == Pick::Tracked {
-                    (*s).conntrack_hits += 1;
-                } else {
-                    (*s).conntrack_misses += 1;
-                }
-            }
-            if fresh {
-                (*s).new_flows += 1;
-            }
-            match pick {
-                Pick::Failover => (*s).failovers += 1,
-                Pick::Expired => (*s).expired += 1,
-                Pick::Deferred => (*s).deferred += 1,
-                _ => {}
-            }
+            (*s).new_flows += fresh;
+            (*s).conntrack_hits += (bits >> BUMP_HIT) & 1;
+            (*s).conntrack_misses += (bits >> BUMP_MISS) & 1;
+            (*s).failovers += (bits >> BUMP_FAILOVER) & 1;
+            (*s).expired += (bits >> BUMP_EXPIRED) & 1;
+            (*s).deferred += (bits >> BUMP_DEFERRED) & 1;
         }
     }
     if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
@@ -58,9 +55,7 @@ pub fn count_forward(vip_id: u32, backend_id: u32, pick: Pick, stateful: bool, b
         unsafe {
             (*s).packets += 1;
             (*s).bytes += bytes;
-            if fresh {
-                (*s).new_flows += 1;
-            }
+            (*s).new_flows += fresh;
         }
     }
 }
