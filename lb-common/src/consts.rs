@@ -29,7 +29,11 @@ pub mod map_names {
     pub const VIPS: &str = "VIPS";
     pub const RINGS: &str = "RINGS";
     pub const BACKENDS: &str = "BACKENDS";
+    /// Conntrack of IPv6 flows (`FlowKey`); an adopted map of an earlier build also holds its
+    /// IPv4 flows, which the daemon copies into `CONNTRACK_V4`.
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// Conntrack of IPv4 flows (`FlowKey4`).
+    pub const CONNTRACK_V4: &str = "CONNTRACK_V4";
     pub const CONFIG: &str = "CONFIG";
     pub const TX_PORTS: &str = "TX_PORTS";
     /// The same ports as interface indexes, for `xlb_probe` (TC cannot use a devmap).
@@ -64,6 +68,7 @@ pub mod map_names {
         RINGS,
         BACKENDS,
         CONNTRACK,
+        CONNTRACK_V4,
         CONFIG,
         TX_PORTS,
         TX_IFINDEX,

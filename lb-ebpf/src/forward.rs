@@ -84,6 +84,7 @@ fn route(ctx: &XdpContext, cfg: &LbConfig, p: &Parsed, seen: &mut Seen) -> Resul
         wildcards: cfg.flags & CFG_F_WILDCARD_VIPS != 0,
         filter: cfg.flags & CFG_F_VIP_FILTER != 0,
         new_flow_limit: cfg.new_flow_limit,
+        v4: p.v4,
         last: core::ptr::null_mut(),
     };
     // `decision::route` step by step (the model runs that; the agreement tests hold the two

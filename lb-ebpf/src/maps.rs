@@ -8,8 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, CONNTRACK_DEFAULT_ENTRIES, FlowKey, FlowState, LbConfig, MAX_BACKENDS, MAX_TX_PORTS,
-    MAX_VIPS, RING_SIZE_DEFAULT, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta, VipSlot,
+    Backend, CONNTRACK_DEFAULT_ENTRIES, FlowKey, FlowKey4, FlowState, LbConfig, MAX_BACKENDS,
+    MAX_TX_PORTS, MAX_VIPS, RING_SIZE_DEFAULT, RateWindow, VIP_FILTER_WORDS, VipKey, VipMeta,
+    VipSlot,
     capture::{CAPTURE_RING_BYTES, CaptureConfig, CaptureCounters, CaptureScratch},
     stats::{BackendStats, Counter, DECAP_STATS_COUNT, REASON_SLOTS, VipStats},
 };
@@ -40,12 +41,18 @@ pub static RINGS: ArrayOfMaps<
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// flow -> backend and last-seen time: one entry per flow, shared by every CPU, so a flow has
-/// one answer whichever CPU its packets reach (RSS changes, veth, RPS). LRU over all CPUs:
+/// IPv6 flow -> backend and last-seen time: one entry per flow, shared by every CPU, so a flow
+/// has one answer whichever CPU its packets reach (RSS changes, veth, RPS). LRU over all CPUs:
 /// capacity is flows, not flows per CPU; under pressure the least recently used entries go,
 /// and flow starts above the new-flow limit are not inserted at all (`NEW_FLOW_RATE`).
 #[btf_map]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowState, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// The same for IPv4 flows, under 16-byte keys: the kernel hashes and compares the whole key
+/// on each lookup and insert, and 40 bytes of which 27 are zero cost about 13 ns more.
+#[btf_map]
+pub static CONNTRACK_V4: LruHashMap<FlowKey4, FlowState, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
     LruHashMap::new();
 
 /// Flow starts admitted into conntrack in the current window, per CPU (no locking).

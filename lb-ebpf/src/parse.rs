@@ -29,6 +29,9 @@ pub struct Parsed {
     pub df: bool,
     /// DSCP/ECN, copied to the outer header.
     pub tos: u8,
+    /// IPv4 (the key's family, held apart from the key so the verifier knows it on every
+    /// path: the key's byte is written together with its neighbours).
+    pub v4: bool,
 }
 
 /// Ethernet and up to two VLAN tags: the offset of the L3 header and its ethertype.
@@ -138,6 +141,7 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize, tot_len: usize) -> Result<Parsed, V
         l3_len: tot_len,
         df: frag & 0x4000 != 0,
         tos: ip.tos,
+        v4: true,
     };
     // MF set or a non-zero offset: ports are absent (later fragments) or must be ignored.
     if frag & 0x3fff != 0 {
@@ -226,6 +230,7 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize, l3_len: usize) -> Result<Parsed, Ve
         l3_len,
         df: true,
         tos,
+        v4: false,
     };
 
     let mut next = ip.next;

@@ -1,8 +1,12 @@
 //! The decision's tables, backed by the BPF maps.
 
-use lb_common::{Backend, FlowKey, FlowState, VipKey, VipMeta, VipSlot, decision::Tables};
+use lb_common::{
+    Backend, FlowKey, FlowKey4, FlowState, VipKey, VipMeta, VipSlot, decision::Tables,
+};
 
-use crate::maps::{BACKENDS, CLOCK, CONNTRACK, NEW_FLOW_RATE, RINGS, VIP_BY_ID, VIP_FILTER, VIPS};
+use crate::maps::{
+    BACKENDS, CLOCK, CONNTRACK, CONNTRACK_V4, NEW_FLOW_RATE, RINGS, VIP_BY_ID, VIP_FILTER, VIPS,
+};
 
 pub struct Maps {
     /// Some VIP is a port-0 wildcard (`CFG_F_WILDCARD_VIPS`); otherwise port-0 lookups are
@@ -12,6 +16,8 @@ pub struct Maps {
     pub filter: bool,
     /// `LbConfig::new_flow_limit`.
     pub new_flow_limit: u32,
+    /// The flow is IPv4 (`CONNTRACK_V4`), else IPv6 (`CONNTRACK`): `Parsed::v4`.
+    pub v4: bool,
     /// The conntrack entry `flow` found last, stamped in place by `stamp` (no second lookup).
     pub last: *mut FlowState,
 }
@@ -45,7 +51,12 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn flow(&mut self, key: &FlowKey) -> Option<FlowState> {
-        let state = CONNTRACK.get_ptr_mut(key)?;
+        // A known constant on every path the verifier walks: one map per path.
+        let state = if self.v4 {
+            CONNTRACK_V4.get_ptr_mut(&FlowKey4::of(key))?
+        } else {
+            CONNTRACK.get_ptr_mut(key)?
+        };
         self.last = state;
         // SAFETY: a value of our map, read in aligned words: another CPU may stamp the same
         // entry concurrently, which only races two equal-enough clock values; a rewrite by
@@ -84,7 +95,7 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn track(&mut self, key: &FlowKey, backend_id: u32) {
-        insert(key, backend_id);
+        insert(self.v4, key, backend_id);
     }
 
     #[inline(always)]
@@ -109,11 +120,15 @@ fn now() -> u64 {
 /// Track `key` for every CPU. A failed insert only loses stickiness; the ring still routes the
 /// flow consistently while the backend set is unchanged.
 #[inline(always)]
-fn insert(key: &FlowKey, backend_id: u32) {
+fn insert(v4: bool, key: &FlowKey, backend_id: u32) {
     let state = FlowState {
         backend_id,
         _pad: 0,
         last_seen_ns: now(),
     };
-    let _ = CONNTRACK.insert(key, state, 0);
+    let _ = if v4 {
+        CONNTRACK_V4.insert(&FlowKey4::of(key), state, 0)
+    } else {
+        CONNTRACK.insert(key, state, 0)
+    };
 }

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Map, MapData, MapError};
+use aya::maps::{Map, MapData};
 use lb_common::{
     FlowKey, FlowState,
     capture::{CAPTURE_ALL_OUTCOMES, CAPTURE_NO_VIP, CaptureConfig},
@@ -24,7 +24,7 @@ use crate::{
         Error,
         record::{Clock, Names, Record, Summary},
     },
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{Dataplane, LoadOptions, PinnedConntrack},
 };
 
 /// Conntrack capacity of the private instance (flows of one capture file).
@@ -61,7 +61,7 @@ pub struct Replayed {
 
 pub struct Replayer {
     dp: Dataplane,
-    live_conntrack: aya::maps::HashMap<MapData, FlowKey, FlowState>,
+    live_conntrack: PinnedConntrack,
     /// Private conntrack entries as the replay left them, per flow seen so far (None: absent).
     mirror: HashMap<FlowKey, Option<FlowState>>,
     names: Names,
@@ -88,12 +88,7 @@ impl Replayer {
         let mut cfg = live_cfg;
         cfg.flags |= lb_common::CFG_F_CAPTURE;
         dp.set_config(&cfg)?;
-        let path = pin_dir.join(map_names::CONNTRACK);
-        let what = path.display();
-        let err = |e| Error::map(&what, e);
-        let data = MapData::from_pin(&path).map_err(err)?;
-        let live_conntrack =
-            aya::maps::HashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
+        let live_conntrack = PinnedConntrack::open(pin_dir)?;
         let names = Names::from_vips(dp.vips()?);
         Ok(Replayer {
             dp,
@@ -196,11 +191,7 @@ impl Replayer {
     }
 
     fn live_entry(&self, key: &FlowKey) -> Result<Option<FlowState>, Error> {
-        match self.live_conntrack.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(Error::map("reading the live conntrack", e)),
-        }
+        Ok(self.live_conntrack.flow(key)?)
     }
 
     fn private_entry(&mut self, key: &FlowKey) -> Result<Option<FlowState>, Error> {
@@ -210,21 +201,7 @@ impl Replayer {
     fn restore(&mut self, key: &FlowKey, want: Option<FlowState>) -> Result<(), Error> {
         match want {
             Some(v) => Ok(self.dp.set_flow(key, &v)?),
-            None => {
-                let m = self.dp.map_mut_by_name(map_names::CONNTRACK)?;
-                let mut m: aya::maps::HashMap<_, FlowKey, FlowState> =
-                    aya::maps::HashMap::try_from(m)
-                        .map_err(|e| Error::map("the replay's conntrack", e))?;
-                match m.remove(key) {
-                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                    Err(MapError::SyscallError(e))
-                        if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-                    {
-                        Ok(())
-                    }
-                    Err(e) => Err(Error::map("the replay's conntrack", e)),
-                }
-            }
+            None => Ok(self.dp.remove_flow(key)?),
         }
     }
 

@@ -523,11 +523,23 @@ fn a_previous_build_hands_over_to_this_one_under_traffic() {
     lab.start_with(&previous, &lab.full_config());
     let ids_before = lab.json(&["backend", "list"]);
     let prog_before = lab.json(&["status"])["forward_program_id"].clone();
+    // Flows the previous build tracked that send nothing during the hand-over: only the
+    // entries it wrote can keep them where they are (this build keeps IPv4 flows in a map of
+    // its own and copies an earlier build's entries over).
+    let quiet = tracked_udp_flows(&lab, 8);
     let stop = Arc::new(AtomicBool::new(false));
     let stream = udp_stream(&lab, 16, stop.clone());
     std::thread::sleep(std::time::Duration::from_millis(300));
     lab.stop(libc::SIGTERM);
     lab.start(&lab.full_config());
+    let listed = flow_backends(&lab);
+    for (src, backend) in &quiet {
+        assert_eq!(
+            listed.get(src),
+            Some(backend),
+            "{src}, tracked by the previous build, keeps its entry: {listed:?}"
+        );
+    }
     std::thread::sleep(std::time::Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let (sent, got, backends) = stream.join().expect("stream");
@@ -551,7 +563,55 @@ fn a_previous_build_hands_over_to_this_one_under_traffic() {
     assert!(sent > 300, "traffic flowed throughout: {sent}");
     assert_eq!(sent - got, 0, "datagrams lost across the hand-over");
     eprintln!(
-        "hand-over from {}: {sent} datagrams, 0 lost, ids kept",
-        previous.display()
+        "hand-over from {}: {sent} datagrams, 0 lost, ids kept, {} idle flows kept their entries",
+        previous.display(),
+        quiet.len()
     );
+}
+
+/// Tracked flows by client address and port, with their backends.
+fn flow_backends(lab: &Lab) -> HashMap<String, String> {
+    lab.json(&["flows"])["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().expect("field").to_string();
+            (s("src"), s("backend"))
+        })
+        .collect()
+}
+
+/// `n` UDP flows from the client, one answered datagram each; their entries as listed.
+fn tracked_udp_flows(lab: &Lab, n: usize) -> HashMap<String, String> {
+    let ports: Vec<u16> = lab
+        .net
+        .client
+        .spawn(move || {
+            (0..n)
+                .map(|_| {
+                    let s = std::net::UdpSocket::bind(("10.0.1.2", 0)).expect("bind");
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                        .expect("timeout");
+                    s.connect((VIP, UDP_PORT)).expect("connect");
+                    s.send(b"ping").expect("send");
+                    s.recv(&mut [0u8; 64]).expect("answer");
+                    s.local_addr().expect("local").port()
+                })
+                .collect()
+        })
+        .join()
+        .expect("client");
+    let listed = flow_backends(lab);
+    ports
+        .iter()
+        .map(|p| {
+            let src = format!("10.0.1.2:{p}");
+            let backend = listed
+                .get(&src)
+                .unwrap_or_else(|| panic!("{src} is tracked: {listed:?}"))
+                .clone();
+            (src, backend)
+        })
+        .collect()
 }

@@ -38,8 +38,11 @@ pub struct Report {
     pub maglev_build_ms: BTreeMap<String, f64>,
     /// Build plus publish of a 65537-slot ring for 1000 backends, in process.
     pub ring_swap_ms_1000_backends: f64,
-    /// Kernel memory of the conntrack map per tracked-flow slot (all CPUs' values included).
+    /// Kernel memory of the IPv4 conntrack map per tracked-flow slot (all CPUs' values
+    /// included).
     pub conntrack_bytes_per_flow: f64,
+    /// The same for the IPv6 conntrack map (40-byte keys).
+    pub conntrack_v6_bytes_per_flow: f64,
     /// Size of `xlb_forward` as the kernel holds it.
     pub program: ProgramSize,
     pub cpus: usize,
@@ -97,9 +100,9 @@ fn median_ms(mut f: impl FnMut() -> Result<()>, runs: usize) -> Result<f64> {
     Ok(t[t.len() / 2])
 }
 
-fn conntrack_bytes_per_flow(dp: &Dataplane) -> Result<f64> {
+fn bytes_per_flow(dp: &Dataplane, name: &'static str) -> Result<f64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
-    let map = dp.map_by_name(map_names::CONNTRACK)?;
+    let map = dp.map_by_name(name)?;
     let aya::maps::Map::LruHashMap(data) = map else {
         anyhow::bail!("conntrack is not an LRU hash");
     };
@@ -147,7 +150,8 @@ pub fn run(o: &Options) -> Result<Report> {
         },
         7,
     )?;
-    let conntrack_bytes_per_flow = conntrack_bytes_per_flow(&dp)?;
+    let conntrack_bytes_per_flow = bytes_per_flow(&dp, map_names::CONNTRACK_V4)?;
+    let conntrack_v6_bytes_per_flow = bytes_per_flow(&dp, map_names::CONNTRACK)?;
     let program = ProgramSize::of(&mut dp, lb_common::prog_names::FORWARD)?;
     drop(dp);
 
@@ -163,6 +167,7 @@ pub fn run(o: &Options) -> Result<Report> {
         maglev_build_ms,
         ring_swap_ms_1000_backends,
         conntrack_bytes_per_flow,
+        conntrack_v6_bytes_per_flow,
         program,
         cpus: crate::loadgen::ncpus(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -225,10 +230,10 @@ pub fn render(r: &Report) -> String {
         "\nring build + swap, 1000 backends: {:.2} ms",
         r.ring_swap_ms_1000_backends
     );
-    let b = r.conntrack_bytes_per_flow;
+    let (b, b6) = (r.conntrack_bytes_per_flow, r.conntrack_v6_bytes_per_flow);
     let _ = writeln!(
         s,
-        "conntrack memory per flow (kernel memlock / max_entries): one shared LRU entry = 48 (element header) + 40 (key) + 16 (value) + the bucket's share (16 x buckets / entries), whatever the CPU count\n  {} CPUs: {b:.0} bytes (measured)\n  64 CPUs: {b:.0} bytes, 128 CPUs: {b:.0} bytes (computed: nothing per flow depends on the CPUs)\n  (the per-CPU table it replaced: 112 + 16 x CPUs = {} / {} / {} bytes at {} / 64 / 128 CPUs, computed)",
+        "conntrack memory per flow (kernel memlock / max_entries): one shared LRU entry = 48 (element header) + 16 (IPv4 key; IPv6: 40) + 16 (value) + the bucket's share (16 x buckets / entries), whatever the CPU count\n  {} CPUs: {b:.0} bytes per IPv4 flow, {b6:.0} per IPv6 flow (measured)\n  64 CPUs: {b:.0} bytes, 128 CPUs: {b:.0} bytes (computed: nothing per flow depends on the CPUs)\n  (the per-CPU table it replaced: 112 + 16 x CPUs = {} / {} / {} bytes at {} / 64 / 128 CPUs, computed)",
         r.cpus,
         112 + 16 * r.cpus,
         112 + 16 * 64,

@@ -150,7 +150,7 @@ fn render_status(s: &StatusView) -> String {
         }
     }
     line(format!(
-        "conntrack {} of {} flows (one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
+        "conntrack {} flows (at most {} per address family; one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
         s.conntrack_entries,
         s.conntrack_capacity,
         s.conntrack_evictions,
@@ -401,7 +401,9 @@ mod tests {
         assert!(text.contains("next hop unresolved 1"), "{text}");
         assert!(text.contains("1 next hops lost"), "{text}");
         assert!(
-            text.contains("conntrack 5 of 1000 flows (one entry per flow, shared by every CPU)"),
+            text.contains(
+                "conntrack 5 flows (at most 1000 per address family; one entry per flow, shared by every CPU)"
+            ),
             "{text}"
         );
         let mut fresh = view();

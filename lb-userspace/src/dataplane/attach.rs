@@ -35,6 +35,10 @@ impl Dataplane {
             match self.replace(program, path) {
                 Ok(id) => {
                     self.links.insert(iface.to_string(), (program, id));
+                    // Flows the replaced forwarder started since the load's copy.
+                    if self.carry_v4 {
+                        self.carry_v4_flows()?;
+                    }
                     self.attach_probe(program, iface)?;
                     return Ok(Attached {
                         iface: iface.to_string(),

@@ -4,6 +4,7 @@
 //! before the VIP that uses it is published, and VIPs unpublished before their ring or backends go.
 
 mod attach;
+mod conntrack;
 mod error;
 mod maps;
 pub mod pin;
@@ -20,9 +21,10 @@ use aya::{
     },
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+pub use conntrack::PinnedConntrack;
 pub use error::{AdoptError, DataplaneError};
 use lb_common::{
-    Backend, FlowKey, FlowState, LbConfig, VipKey, VipMeta, VipSlot,
+    Backend, LbConfig, VipKey, VipMeta, VipSlot,
     capture::{CaptureConfig, CaptureCounters},
     map_names as names, prog_names,
     stats::{BackendStats, Counter, REASON_COUNT, Reason, VipStats},
@@ -89,6 +91,8 @@ pub struct Dataplane {
     /// `xlb_probe` on the egress of each interface the forwarder is attached to (not pinned:
     /// probes run only with a daemon).
     probe_links: HashMap<String, aya::programs::tc::SchedClassifierLinkId>,
+    /// The adopted pins kept IPv4 flows in `CONNTRACK`: copied again after each forwarder swap.
+    carry_v4: bool,
 }
 
 /// A ring filled ahead of its swap (`Dataplane::prefill_ring`).
@@ -154,12 +158,16 @@ impl Dataplane {
         }
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
+        loader.map_max_entries(names::CONNTRACK_V4, opts.conntrack_entries);
         let mut pin_state = PinState::Fresh;
         // A `TX_PORTS` of an earlier build whose entries go into this build's new one.
         let mut old_tx_ports = None;
+        // Adopted pins whose IPv4 flows are in `CONNTRACK` (see `conntrack`).
+        let mut carry_v4 = false;
         if let Some(dir) = &opts.pin_dir {
             pin::ensure_dir(dir)?;
             pin_state = pin::check(dir)?;
+            carry_v4 = pin_state == PinState::Adopted && !dir.join(names::CONNTRACK_V4).exists();
             old_tx_ports = pin::set_aside_tx_ports(dir)?;
             for &name in names::ALL {
                 loader.map_pin_path(name, dir.join(name));
@@ -247,12 +255,17 @@ impl Dataplane {
             ready_rings: HashMap::new(),
             _capture_prog: capture_prog,
             probe_links: HashMap::new(),
+            carry_v4,
         };
         // Adopted maps of a build before `VIP_BY_ID` (or a slot table out of step after a
         // crash between the two writes): rebuild the slots from what `VIPS` publishes.
         if pin_state == PinState::Adopted {
             dp.sync_vip_slots()?;
             dp.sync_tx_ifindex()?;
+        }
+        if carry_v4 {
+            let n = dp.carry_v4_flows()?;
+            tracing::info!("copied {n} IPv4 flows of the earlier build's conntrack");
         }
         Ok(dp)
     }
@@ -283,14 +296,6 @@ impl Dataplane {
 
     pub fn pin_dir(&self) -> Option<&std::path::Path> {
         self.pin_dir.as_deref()
-    }
-
-    /// Capacity of the live conntrack map (an adopted map keeps the size it was created with).
-    pub fn conntrack_capacity(&self) -> Result<u32, DataplaneError> {
-        match self.map(names::CONNTRACK)? {
-            aya::maps::Map::LruHashMap(m) => Ok(m.info()?.max_entries()),
-            _ => Err(DataplaneError::MissingMap(names::CONNTRACK)),
-        }
     }
 
     pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
@@ -444,24 +449,6 @@ impl Dataplane {
             }
         }
         Ok(out)
-    }
-
-    /// The conntrack entry of one flow (shared by every CPU).
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowState>, DataplaneError> {
-        let m: BpfHashMap<_, FlowKey, FlowState> =
-            BpfHashMap::try_from(self.map(names::CONNTRACK)?)?;
-        match m.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Write one conntrack entry (replay, tests).
-    pub fn set_flow(&mut self, key: &FlowKey, state: &FlowState) -> Result<(), DataplaneError> {
-        let mut m: BpfHashMap<_, FlowKey, FlowState> =
-            BpfHashMap::try_from(self.map_mut(names::CONNTRACK)?)?;
-        Ok(m.insert(key, state, 0)?)
     }
 
     pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
@@ -626,28 +613,6 @@ impl Dataplane {
 
     pub fn decap_stats(&self, index: u32) -> Result<Counter, DataplaneError> {
         self.sum(names::DECAP_STATS, index)
-    }
-
-    /// Every tracked flow, in batches.
-    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
-        let aya::maps::Map::LruHashMap(data) = self.map(names::CONNTRACK)? else {
-            return Err(DataplaneError::MissingMap(names::CONNTRACK));
-        };
-        ring_map::dump(data, 4096)
-    }
-
-    /// Remove every conntrack entry (tests; `xlb flows flush`).
-    pub fn flush_conntrack(&mut self) -> Result<(), DataplaneError> {
-        let keys: Vec<FlowKey> = self.flows()?.into_iter().map(|(k, _)| k).collect();
-        let mut m: BpfHashMap<_, FlowKey, FlowState> =
-            BpfHashMap::try_from(self.map_mut(names::CONNTRACK)?)?;
-        for k in keys {
-            match m.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
     }
 
     /// Run `program` once on `frame` through BPF_PROG_TEST_RUN; returns the action and the output.

@@ -67,7 +67,7 @@ pub fn check(dir: &Path) -> Result<PinState, DataplaneError> {
             ),
         ];
         // Conntrack capacity is an operator setting; the pinned size wins until a cold start.
-        if name != names::CONNTRACK {
+        if name != names::CONNTRACK && name != names::CONNTRACK_V4 {
             checks.push(("capacity", info.max_entries(), def.max_entries()));
         }
         for (what, found, expected) in checks {
