@@ -37,7 +37,7 @@ pub fn counter_bits(pick: crate::decision::Pick, stateful: bool) -> u64 {
     // deferred.
     const BY_PICK: u64 = 0x02 | 0x05 << 8 | 0x0d << 16 | 0x15 << 24 | 0x24 << 32;
     // new_flows, hits and misses count only tracked flows.
-    let keep = 0x38 | (stateful as u64) * 0x07;
+    let keep = 0x38 | ((stateful as u64) * 0x07);
     (BY_PICK >> ((pick as u64) << 3)) & keep
 }
 

@@ -53,7 +53,7 @@ impl Tables for Maps {
     fn flow(&mut self, key: &FlowKey) -> Option<FlowState> {
         // A known constant on every path the verifier walks: one map per path.
         let state = if self.v4 {
-            CONNTRACK_V4.get_ptr_mut(&FlowKey4::of(key))?
+            CONNTRACK_V4.get_ptr_mut(FlowKey4::of(key))?
         } else {
             CONNTRACK.get_ptr_mut(key)?
         };
@@ -127,7 +127,7 @@ fn insert(v4: bool, key: &FlowKey, backend_id: u32) {
         last_seen_ns: now(),
     };
     let _ = if v4 {
-        CONNTRACK_V4.insert(&FlowKey4::of(key), state, 0)
+        CONNTRACK_V4.insert(FlowKey4::of(key), state, 0)
     } else {
         CONNTRACK.insert(key, state, 0)
     };
