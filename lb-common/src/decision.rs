@@ -137,25 +137,19 @@ pub fn established<T: Tables>(t: &mut T, pkt: &Packet) -> Result<Decision, Optio
 #[inline(always)]
 pub fn lookup_vip<T: Tables>(t: &T, pkt: &Packet) -> Result<VipMeta, Reason> {
     let k = &pkt.key;
-    let mut vk = VipKey {
-        addr: k.dst,
-        port_be: k.dst_port_be,
-        proto: k.proto,
-        family: k.family,
-    };
     if pkt.kind == PKT_FRAGMENT {
         // Later fragments carry no ports, so all fragments of a datagram use the address's
         // wildcard VIP and hash on addresses only: they can never be split across backends.
-        vk.port_be = 0;
-        let mut meta = t.vip(&vk).ok_or(Reason::PassFragment)?;
+        let mut meta = t.vip(&VipKey::of_flow(k, 0)).ok_or(Reason::PassFragment)?;
         meta.hash_mode = HASH_SRC_DST_IP;
         meta.flags |= VIP_F_NO_CONNTRACK;
         return Ok(meta);
     }
-    if let Some(meta) = t.vip(&vk) {
+    if let Some(meta) = t.vip(&VipKey::of_flow(k, k.dst_port_be)) {
         return Ok(meta);
     }
-    vk.port_be = 0;
+    // A key of its own rather than the port cleared in place (see `VipKey::of_flow`).
+    let vk = VipKey::of_flow(k, 0);
     t.vip(&vk).ok_or(if pkt.kind == PKT_ICMP_ERROR {
         Reason::PassIcmp
     } else {

@@ -40,6 +40,33 @@ pub struct VipKey {
     pub family: u8,
 }
 
+impl VipKey {
+    /// The key of `flow`'s VIP at `port_be` (0: the address's wildcard), written as five
+    /// 32-bit words: the kernel hashes it in 32-bit loads, and a load that spans several
+    /// narrower stores (port, protocol, family) is not forwarded from them.
+    #[inline(always)]
+    pub const fn of_flow(flow: &FlowKey, port_be: u16) -> Self {
+        let a = flow.dst.0;
+        let tail = port_be as u32 | (flow.proto as u32) << 16 | (flow.family as u32) << 24;
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: VipKey is 20 bytes of integers without padding, laid out as these
+            // words little-endian.
+            unsafe { core::mem::transmute::<[u32; 5], VipKey>([a[0], a[1], a[2], a[3], tail]) }
+        }
+        #[cfg(target_endian = "big")]
+        {
+            let _ = tail;
+            VipKey {
+                addr: Addr(a),
+                port_be,
+                proto: flow.proto,
+                family: flow.family,
+            }
+        }
+    }
+}
+
 /// Value of the `VIPS` map: how to forward this VIP's packets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,7 +154,8 @@ impl Backend {
 }
 
 /// A flow as the forwarder sees it: key of the conntrack map and input of the flow hash.
-#[repr(C)]
+/// Aligned to 8 so the forwarder can write its last 8 bytes in one store (see `parse`).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: Addr,
@@ -143,7 +171,7 @@ pub struct FlowKey {
 /// non-zero, in 16 bytes. The kernel hashes and compares whole keys on every lookup and insert;
 /// 16 bytes instead of 40 take about 13 ns off each (measured with one `BPF_PROG_TEST_RUN`
 /// lookup of either size).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey4 {
     pub src: u32,
@@ -158,17 +186,32 @@ pub struct FlowKey4 {
 }
 
 impl FlowKey4 {
-    /// The 16-byte key of an IPv4 flow (the caller knows the family).
+    /// The 16-byte key of an IPv4 flow (the caller knows the family), written as two 64-bit
+    /// words: the kernel reads the key in 32- and 64-bit loads to hash and compare it, and a
+    /// load that spans several narrower stores cannot be forwarded from them (the CPU waits
+    /// for the stores to retire, about 15 cycles each time).
     #[inline(always)]
     pub const fn of(k: &FlowKey) -> Self {
-        FlowKey4 {
-            src: k.src.0[0],
-            dst: k.dst.0[0],
-            src_port_be: k.src_port_be,
-            dst_port_be: k.dst_port_be,
-            proto: k.proto,
-            _pad1: 0,
-            _pad2: 0,
+        let addrs = k.src.0[0] as u64 | (k.dst.0[0] as u64) << 32;
+        let rest = k.src_port_be as u64 | (k.dst_port_be as u64) << 16 | (k.proto as u64) << 32;
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: FlowKey4 is 16 bytes of integers without padding, laid out as these
+            // words little-endian.
+            unsafe { core::mem::transmute::<[u64; 2], FlowKey4>([addrs, rest]) }
+        }
+        #[cfg(target_endian = "big")]
+        {
+            let _ = (addrs, rest);
+            FlowKey4 {
+                src: k.src.0[0],
+                dst: k.dst.0[0],
+                src_port_be: k.src_port_be,
+                dst_port_be: k.dst_port_be,
+                proto: k.proto,
+                _pad1: 0,
+                _pad2: 0,
+            }
         }
     }
 
@@ -198,6 +241,28 @@ pub struct FlowState {
 }
 
 impl FlowState {
+    /// An entry for `backend_id` stamped `last_seen_ns`, written as two 64-bit words: the
+    /// kernel copies a map value in 64-bit loads, which two 32-bit stores cannot forward.
+    #[inline(always)]
+    pub const fn new(backend_id: u32, last_seen_ns: u64) -> Self {
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: FlowState is 16 bytes of integers: backend_id and zero padding (the
+            // first word, little-endian), then last_seen_ns.
+            unsafe {
+                core::mem::transmute::<[u64; 2], FlowState>([backend_id as u64, last_seen_ns])
+            }
+        }
+        #[cfg(target_endian = "big")]
+        {
+            FlowState {
+                backend_id,
+                _pad: 0,
+                last_seen_ns,
+            }
+        }
+    }
+
     /// Idle for longer than `timeout_s` seconds at `now` (0: never expires).
     #[inline(always)]
     pub const fn expired(&self, now: u64, timeout_s: u32) -> bool {
@@ -349,3 +414,68 @@ mod conv {
 
 #[cfg(feature = "user")]
 pub use conv::family_of;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consts::{FAMILY_V6, PROTO_UDP};
+
+    fn flow(family: u8) -> FlowKey {
+        FlowKey {
+            src: Addr([0x0a00_0001, 7, 8, 9]),
+            dst: Addr([0xc000_0201, 1, 2, 3]),
+            src_port_be: 0x1234,
+            dst_port_be: 0x5000,
+            proto: PROTO_UDP,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The word-at-a-time constructors build exactly what the fields say.
+    #[test]
+    fn word_built_keys_and_entries_match_their_fields() {
+        let k = flow(FAMILY_V6);
+        for port in [0, 0x5000] {
+            assert_eq!(
+                VipKey::of_flow(&k, port),
+                VipKey {
+                    addr: k.dst,
+                    port_be: port,
+                    proto: k.proto,
+                    family: k.family,
+                }
+            );
+        }
+        let k = flow(FAMILY_V4);
+        let k4 = FlowKey4::of(&k);
+        assert_eq!(
+            k4,
+            FlowKey4 {
+                src: 0x0a00_0001,
+                dst: 0xc000_0201,
+                src_port_be: 0x1234,
+                dst_port_be: 0x5000,
+                proto: PROTO_UDP,
+                _pad1: 0,
+                _pad2: 0,
+            }
+        );
+        assert_eq!(
+            k4.widen(),
+            FlowKey {
+                src: Addr::v4(0x0a00_0001),
+                dst: Addr::v4(0xc000_0201),
+                ..k
+            }
+        );
+        assert_eq!(
+            FlowState::new(0xdead_beef, 42),
+            FlowState {
+                backend_id: 0xdead_beef,
+                _pad: 0,
+                last_seen_ns: 42,
+            }
+        );
+    }
+}

@@ -30,12 +30,7 @@ fn word(a: u8, b: u8) -> u16 {
 #[inline(always)]
 pub fn answer(ctx: &XdpContext, p: &Parsed) -> Result<u32, Verdict> {
     let k = &p.pkt.key;
-    let key = VipKey {
-        addr: k.dst,
-        port_be: 0,
-        proto: k.proto,
-        family: k.family,
-    };
+    let key = VipKey::of_flow(k, 0);
     // SAFETY: a plain lookup; the value is copied out at once.
     let on = unsafe { VIPS.get(key) }.is_some_and(|m| m.flags & VIP_F_PING != 0);
     if !on {

@@ -121,11 +121,7 @@ fn now() -> u64 {
 /// flow consistently while the backend set is unchanged.
 #[inline(always)]
 fn insert(v4: bool, key: &FlowKey, backend_id: u32) {
-    let state = FlowState {
-        backend_id,
-        _pad: 0,
-        last_seen_ns: now(),
-    };
+    let state = FlowState::new(backend_id, now());
     let _ = if v4 {
         CONNTRACK_V4.insert(FlowKey4::of(key), state, 0)
     } else {
