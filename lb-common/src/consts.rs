@@ -99,8 +99,12 @@ pub mod prog_names {
     pub const REDIRECT: &str = "xlb_redirect";
     /// The record half of `xlb capture`, tail-called by the forwarder (`CAPTURE_PROG`).
     pub const CAPTURE: &str = "xlb_capture";
+    /// The forwarder's conntrack insert alone: `xlb bench`'s reference for new flows.
+    pub const INSERT: &str = "xlb_insert";
     /// Every XDP program of the object.
-    pub const ALL: &[&str] = &[FORWARD, DECAP, PASS, LOADGEN, SINK, REDIRECT, CAPTURE];
+    pub const ALL: &[&str] = &[
+        FORWARD, DECAP, PASS, LOADGEN, SINK, REDIRECT, CAPTURE, INSERT,
+    ];
     /// TC egress: encapsulates health probes sent through the data path (`PROBE_MARK`).
     pub const PROBE: &str = "xlb_probe";
 }

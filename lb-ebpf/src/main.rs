@@ -81,6 +81,13 @@ pub fn xlb_sink(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// Benchmark reference: the conntrack insert the forwarder makes for a new IPv4 flow, alone
+/// (`xlb bench`'s `new_flow_insert_only`, on untagged IPv4 frames). Attached nowhere.
+#[xdp]
+pub fn xlb_insert(ctx: XdpContext) -> u32 {
+    tables::insert_only(&ctx)
+}
+
 /// Benchmark baseline: the cheapest useful forwarder, a redirect of everything to port 1.
 /// `frags` like the forwarder: the kernel lets only programs of one kind share `TX_PORTS`.
 #[xdp(frags)]

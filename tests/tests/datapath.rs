@@ -827,6 +827,31 @@ fn flows_are_stamped_with_the_daemons_clock() {
     assert_eq!(stamp(&f), 9_000_000_000, "a tracked packet refreshes it");
 }
 
+/// `xlb_insert`, the bench's reference for new flows, writes the entry the forwarder would for
+/// the same frame (same map, key and stamp), with backend 1 and nothing else.
+#[test]
+fn the_bench_insert_reference_tracks_as_the_forwarder_does() {
+    let mut f = setup();
+    f.set_clock(5_000_000_000);
+    let s = Spec::new("192.0.2.72", 50005, "10.0.0.10", 80, 6).syn();
+    let key = key_of(&s);
+    let out =
+        f.dp.test_run(lb_common::prog_names::INSERT, &s.build())
+            .expect("test_run");
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(
+        f.dp.flow(&key).expect("flow"),
+        Some(lb_common::FlowState::new(1, 5_000_000_000))
+    );
+    f.flush();
+    let backend = forward(&mut f, &s);
+    let tracked = f.dp.flow(&key).expect("flow").expect("tracked");
+    assert_eq!(
+        (tracked.backend_id, tracked.last_seen_ns),
+        (backend, 5_000_000_000)
+    );
+}
+
 #[test]
 fn an_entry_idle_past_its_timeout_is_a_new_flow() {
     let mut f = setup();

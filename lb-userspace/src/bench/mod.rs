@@ -204,6 +204,10 @@ pub fn render(r: &Report) -> String {
             v.min_ns - f.min_ns
         );
     }
+    let _ = writeln!(
+        s,
+        "  (new_flow_insert_only: xlb_insert, the forwarder's conntrack insert alone; the rest of new_flow is the forwarder's own work)"
+    );
     let p = &r.program;
     let _ = writeln!(
         s,

@@ -239,6 +239,13 @@ pub fn run(batches: usize, per_batch: usize) -> Result<BTreeMap<&'static str, Fi
             prog_names::FORWARD,
             syns("10.0.0.13")?,
         ),
+        // The kernel's part of a new flow: the same insert with nothing else around it
+        // (other five-tuples than `new_flow`'s: a fresh entry each run, as there).
+        (
+            "new_flow_insert_only",
+            prog_names::INSERT,
+            syns("10.0.0.14")?,
+        ),
         (
             "ipv6_established",
             prog_names::FORWARD,
