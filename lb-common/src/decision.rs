@@ -233,7 +233,11 @@ pub fn ring_slot(hash: u32, ring_size: u32) -> u32 {
         return hash % ring_size;
     }
     let d = (hash & 0xffff) as i64 - (hash >> 16) as i64;
-    (if d < 0 { d + RING_SIZE_DEFAULT as i64 } else { d }) as u32
+    (if d < 0 {
+        d + RING_SIZE_DEFAULT as i64
+    } else {
+        d
+    }) as u32
 }
 
 /// The full decision: the address pre-filter, an established flow, else the VIP lookup and
@@ -283,7 +287,16 @@ mod tests {
     /// The division-free remainder for the default ring size is the remainder.
     #[test]
     fn ring_slot_is_the_remainder() {
-        let edges = [0, 1, 0xffff, 0x1_0000, 0x1_0001, 0x1_0002, u32::MAX - 1, u32::MAX];
+        let edges = [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_0001,
+            0x1_0002,
+            u32::MAX - 1,
+            u32::MAX,
+        ];
         let mut x = 0x9e37_79b9u32;
         let spread = (0..200_000).map(|_| {
             x ^= x << 13;
@@ -292,13 +305,21 @@ mod tests {
             x
         });
         for h in edges.into_iter().chain(spread) {
-            assert_eq!(ring_slot(h, RING_SIZE_DEFAULT), h % RING_SIZE_DEFAULT, "{h:#x}");
+            assert_eq!(
+                ring_slot(h, RING_SIZE_DEFAULT),
+                h % RING_SIZE_DEFAULT,
+                "{h:#x}"
+            );
             assert_eq!(ring_slot(h, 65521), h % 65521, "{h:#x}");
         }
         // Every multiple of the size and its neighbours up to the top of the range.
         for m in (0..=u32::MAX / RING_SIZE_DEFAULT).map(|k| k * RING_SIZE_DEFAULT) {
             for h in [m, m.saturating_sub(1), m.saturating_add(1)] {
-                assert_eq!(ring_slot(h, RING_SIZE_DEFAULT), h % RING_SIZE_DEFAULT, "{h:#x}");
+                assert_eq!(
+                    ring_slot(h, RING_SIZE_DEFAULT),
+                    h % RING_SIZE_DEFAULT,
+                    "{h:#x}"
+                );
             }
         }
     }
