@@ -35,9 +35,15 @@ impl Dataplane {
             match self.replace(program, path) {
                 Ok(id) => {
                     self.links.insert(iface.to_string(), (program, id));
-                    // Flows the replaced forwarder started since the load's copy.
-                    if self.carry_v4 {
-                        self.carry_v4_flows()?;
+                    // Flows the replaced forwarder started since the load's copy. The swap is
+                    // done: a failed copy is reported, not undone (those flows take the ring,
+                    // which is the one they were started on).
+                    if self.carry_v4
+                        && let Err(e) = self.carry_v4_flows()
+                    {
+                        tracing::warn!(
+                            "{iface}: copying the earlier build's new IPv4 flows after the swap: {e}"
+                        );
                     }
                     self.attach_probe(program, iface)?;
                     return Ok(Attached {
