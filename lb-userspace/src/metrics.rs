@@ -309,8 +309,14 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     value(
         &mut r,
         "conntrack_capacity",
-        "Conntrack capacity in flows, shared by every CPU.",
+        "Conntrack capacity in IPv4 flows, shared by every CPU.",
         st.conntrack_capacity as i64,
+    );
+    value(
+        &mut r,
+        "conntrack_capacity_v6",
+        "Conntrack capacity in IPv6 flows (a table of its own).",
+        st.conntrack_capacity_v6 as i64,
     );
     value(
         &mut r,

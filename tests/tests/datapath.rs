@@ -852,6 +852,26 @@ fn the_bench_insert_reference_tracks_as_the_forwarder_does() {
     );
 }
 
+/// IPv4 and IPv6 flows have a table each, sized by `conntrack_entries` and
+/// `conntrack_entries_v6` (which defaults to the first).
+#[test]
+fn each_address_family_has_its_own_conntrack_capacity() {
+    use xlb::dataplane::{Dataplane, LoadOptions};
+    let load = |v6| {
+        Dataplane::load(&LoadOptions {
+            conntrack_entries: 2048,
+            conntrack_entries_v6: v6,
+            ..LoadOptions::default()
+        })
+        .expect("load")
+    };
+    let dp = load(Some(256));
+    assert_eq!(dp.conntrack_capacity().expect("v4"), 2048);
+    assert_eq!(dp.conntrack_capacity_v6().expect("v6"), 256);
+    let dp = load(None);
+    assert_eq!(dp.conntrack_capacity_v6().expect("v6"), 2048);
+}
+
 #[test]
 fn an_entry_idle_past_its_timeout_is_a_new_flow() {
     let mut f = setup();

@@ -127,8 +127,11 @@ pub struct StatusView {
     /// VIPs running below their quorum of healthy backends.
     pub below_quorum: Vec<String>,
     pub quorum_losses: u64,
-    /// Flows conntrack holds at most, shared by every CPU.
+    /// IPv4 flows conntrack holds at most, shared by every CPU.
     pub conntrack_capacity: u32,
+    /// IPv6 flows conntrack holds at most (a table of its own).
+    #[serde(default)]
+    pub conntrack_capacity_v6: u32,
     /// Flows tracked at the last count (every 10 s, every 2 s when near full).
     #[serde(default)]
     pub conntrack_entries: u64,
@@ -252,6 +255,7 @@ impl StatusView {
             below_quorum: vec![],
             quorum_losses: 0,
             conntrack_capacity: 0,
+            conntrack_capacity_v6: 0,
             conntrack_entries: 0,
             conntrack_evictions: 0,
             applies: 0,

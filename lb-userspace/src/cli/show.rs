@@ -150,9 +150,10 @@ fn render_status(s: &StatusView) -> String {
         }
     }
     line(format!(
-        "conntrack {} flows (at most {} per address family; one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
+        "conntrack {} flows (at most {} IPv4 and {} IPv6; one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
         s.conntrack_entries,
         s.conntrack_capacity,
+        s.conntrack_capacity_v6,
         s.conntrack_evictions,
         s.applies,
         s.ring_rebuilds
@@ -380,6 +381,7 @@ mod tests {
             interfaces_lost: 1,
             nexthop_losses: 1,
             conntrack_capacity: 1000,
+            conntrack_capacity_v6: 100,
             conntrack_entries: 5,
             ..StatusView::sample()
         }
@@ -402,7 +404,7 @@ mod tests {
         assert!(text.contains("1 next hops lost"), "{text}");
         assert!(
             text.contains(
-                "conntrack 5 flows (at most 1000 per address family; one entry per flow, shared by every CPU)"
+                "conntrack 5 flows (at most 1000 IPv4 and 100 IPv6; one entry per flow, shared by every CPU)"
             ),
             "{text}"
         );

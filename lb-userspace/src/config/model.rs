@@ -118,9 +118,13 @@ pub struct DaemonConfig {
     pub state_file: PathBuf,
     /// bpffs directory for pinned maps and links.
     pub pin_dir: PathBuf,
-    /// Conntrack capacity in flows, shared by every CPU, when the maps are created (an adopted
-    /// map keeps its size until a cold start).
+    /// Conntrack capacity in IPv4 flows, shared by every CPU, when the maps are created (an
+    /// adopted map keeps its size until a cold start).
     pub conntrack_entries: u32,
+    /// The same for IPv6 flows, which have a table of their own (default: `conntrack_entries`).
+    /// An LB that sees little IPv6 saves 120 bytes per entry it does not need.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_entries_v6: Option<u32>,
     /// Default Maglev ring size (prime).
     pub ring_size: u32,
     /// A removed backend keeps serving its tracked flows until none has been active for this
@@ -142,6 +146,7 @@ impl Default for DaemonConfig {
             state_file: "/var/lib/xlb/state.json".into(),
             pin_dir: "/sys/fs/bpf/xlb".into(),
             conntrack_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
+            conntrack_entries_v6: None,
             ring_size: RING_SIZE_DEFAULT,
             drain_idle_secs: 30,
             drain_timeout_secs: 300,

@@ -40,10 +40,14 @@ fn reports_every_error_with_its_place() {
     let bad = GOOD.replace("weight = 2", "weight = 70000").replace(
         "[[vip.backend]]\naddress = \"10.0.1.2\"",
         "[[vip.backend]]\naddress = \"10.0.1.1\"",
-    ) + "\n[daemon]\nring_size = 65536\n";
+    ) + "\n[daemon]\nring_size = 65536\nconntrack_entries_v6 = 0\n";
     let e = Config::parse(&bad).expect_err("invalid");
     let text = e.to_string();
-    assert_eq!(e.0.len(), 3, "{text}");
+    assert_eq!(e.0.len(), 4, "{text}");
+    assert!(
+        text.contains("daemon.conntrack_entries_v6: 0 is outside 1..=67108864"),
+        "{text}"
+    );
     assert!(
         text.contains("daemon.ring_size: 65536 must be a prime"),
         "{text}"

@@ -130,12 +130,16 @@ impl Config {
         let mut errs = Vec::new();
         let d = &self.daemon;
         check_ring("daemon.ring_size", d.ring_size, &mut errs);
-        if d.conntrack_entries == 0 || d.conntrack_entries > 1 << 26 {
-            errs.push(format!(
-                "daemon.conntrack_entries: {} is outside 1..={}",
-                d.conntrack_entries,
-                1u32 << 26
-            ));
+        let sizes = [
+            ("conntrack_entries", Some(d.conntrack_entries)),
+            ("conntrack_entries_v6", d.conntrack_entries_v6),
+        ];
+        for (name, n) in sizes {
+            if let Some(n) = n
+                && (n == 0 || n > 1 << 26)
+            {
+                errs.push(format!("daemon.{name}: {n} is outside 1..={}", 1u32 << 26));
+            }
         }
         if d.socket.as_os_str().is_empty() || d.state_file.as_os_str().is_empty() {
             errs.push("daemon: socket and state_file must not be empty".into());

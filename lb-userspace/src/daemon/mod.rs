@@ -145,6 +145,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let saved = persist::load(&d.state_file)?;
     let mut dp = Dataplane::load(&LoadOptions {
         conntrack_entries: d.conntrack_entries,
+        conntrack_entries_v6: d.conntrack_entries_v6,
         pin_dir: Some(d.pin_dir.clone()),
         ..LoadOptions::default()
     })

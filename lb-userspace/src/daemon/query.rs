@@ -152,6 +152,7 @@ pub fn status(c: &Ctx) -> StatusView {
         backends_removing: s.removing,
         backends_unresolved: s.unresolved,
         conntrack_capacity: c.maps.conntrack_capacity().unwrap_or(0),
+        conntrack_capacity_v6: c.maps.conntrack_capacity_v6().unwrap_or(0),
         conntrack_entries: c.occupancy.entries(),
         conntrack_evictions: c.occupancy.evictions,
         capture: c.capture.map(Lease::describe),

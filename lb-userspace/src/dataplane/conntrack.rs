@@ -125,10 +125,15 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Flows each family's table holds at most (an adopted map keeps the size it was created
-    /// with; both are created with the same `conntrack_entries`).
+    /// IPv4 flows conntrack holds at most (an adopted map keeps the size it was created with).
     pub fn conntrack_capacity(&self) -> Result<u32, DataplaneError> {
         let m = data(self.map(names::CONNTRACK_V4)?, names::CONNTRACK_V4)?;
+        Ok(m.info()?.max_entries())
+    }
+
+    /// IPv6 flows conntrack holds at most.
+    pub fn conntrack_capacity_v6(&self) -> Result<u32, DataplaneError> {
+        let m = data(self.map(names::CONNTRACK)?, names::CONNTRACK)?;
         Ok(m.info()?.max_entries())
     }
 

@@ -106,4 +106,8 @@ impl Maps for Dataplane {
     fn conntrack_capacity(&self) -> Result<u32, MapsError> {
         Dataplane::conntrack_capacity(self).map_err(err("reading the conntrack capacity"))
     }
+
+    fn conntrack_capacity_v6(&self) -> Result<u32, MapsError> {
+        Dataplane::conntrack_capacity_v6(self).map_err(err("reading the conntrack capacity"))
+    }
 }

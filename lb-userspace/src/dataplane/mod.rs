@@ -38,8 +38,10 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Conntrack capacity (entries) of a fresh map; an adopted map keeps its size.
+    /// Conntrack capacity (entries) of a fresh IPv4 map; an adopted map keeps its size.
     pub conntrack_entries: u32,
+    /// The same for IPv6 (`None`: `conntrack_entries`).
+    pub conntrack_entries_v6: Option<u32>,
     /// Pin the maps here (bpffs) and adopt those already pinned; `None`: private maps that go
     /// away with this process.
     pub pin_dir: Option<PathBuf>,
@@ -69,6 +71,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             conntrack_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
+            conntrack_entries_v6: None,
             pin_dir: None,
             share_tables_from: None,
             programs: lb_common::prog_names::ALL,
@@ -157,7 +160,10 @@ impl Dataplane {
             return Err(DataplaneError::EmptyObject);
         }
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::CONNTRACK, opts.conntrack_entries);
+        loader.map_max_entries(
+            names::CONNTRACK,
+            opts.conntrack_entries_v6.unwrap_or(opts.conntrack_entries),
+        );
         loader.map_max_entries(names::CONNTRACK_V4, opts.conntrack_entries);
         let mut pin_state = PinState::Fresh;
         // A `TX_PORTS` of an earlier build whose entries go into this build's new one.

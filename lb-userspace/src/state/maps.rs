@@ -67,5 +67,10 @@ pub trait Maps {
     fn vip_stats(&self, vip_id: u32) -> Result<VipStats, MapsError>;
     fn backend_stats(&self, id: u32) -> Result<BackendStats, MapsError>;
     fn reason_stats(&self) -> Result<Vec<(Reason, Counter)>, MapsError>;
+    /// IPv4 flows conntrack holds at most.
     fn conntrack_capacity(&self) -> Result<u32, MapsError>;
+    /// IPv6 flows conntrack holds at most (its own table).
+    fn conntrack_capacity_v6(&self) -> Result<u32, MapsError> {
+        self.conntrack_capacity()
+    }
 }
