@@ -168,9 +168,8 @@ pub struct FlowKey {
 }
 
 /// The conntrack key of an IPv4 flow (`CONNTRACK_V4`): the fields of its `FlowKey` that can be
-/// non-zero, in 16 bytes. The kernel hashes and compares whole keys on every lookup and insert;
-/// 16 bytes instead of 40 take about 13 ns off each (measured with one `BPF_PROG_TEST_RUN`
-/// lookup of either size).
+/// non-zero, in 16 bytes. The kernel hashes and compares whole keys on every lookup and insert
+/// (a test program doing one lookup of either size: 16 bytes about 13 ns faster than 40).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey4 {

@@ -50,7 +50,7 @@ pub static CONNTRACK: LruHashMap<FlowKey, FlowState, { CONNTRACK_DEFAULT_ENTRIES
     LruHashMap::new();
 
 /// The same for IPv4 flows, under 16-byte keys: the kernel hashes and compares the whole key
-/// on each lookup and insert, and 40 bytes of which 27 are zero cost about 13 ns more.
+/// on each lookup and insert, and 27 of an IPv4 flow's 40 bytes were zeros.
 #[btf_map]
 pub static CONNTRACK_V4: LruHashMap<FlowKey4, FlowState, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
     LruHashMap::new();
