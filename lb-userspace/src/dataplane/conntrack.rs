@@ -90,14 +90,28 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Every entry of one conntrack map, in batches.
+    fn entries<K: aya::Pod + Default>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, FlowState)>, DataplaneError> {
+        ring_map::dump(data(self.map(name)?, name)?, 4096)
+    }
+
+    /// Remove every entry of one conntrack map.
+    fn clear<K: aya::Pod + Default>(&mut self, name: &'static str) -> Result<(), DataplaneError> {
+        let all = self.entries::<K>(name)?;
+        let mut m: Table<_, K> = Table::try_from(self.map_mut(name)?)?;
+        for (k, _) in all {
+            remove(&mut m, &k)?;
+        }
+        Ok(())
+    }
+
     /// Every tracked flow of both families, in batches.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowState)>, DataplaneError> {
-        let v4: Vec<(FlowKey4, FlowState)> = ring_map::dump(
-            data(self.map(names::CONNTRACK_V4)?, names::CONNTRACK_V4)?,
-            4096,
-        )?;
-        let v6: Vec<(FlowKey, FlowState)> =
-            ring_map::dump(data(self.map(names::CONNTRACK)?, names::CONNTRACK)?, 4096)?;
+        let v4 = self.entries::<FlowKey4>(names::CONNTRACK_V4)?;
+        let v6 = self.entries::<FlowKey>(names::CONNTRACK)?;
         Ok(v4
             .into_iter()
             .map(|(k, s)| (k.widen(), s))
@@ -108,40 +122,28 @@ impl Dataplane {
 
     /// Remove every conntrack entry (tests; `xlb flows flush`).
     pub fn flush_conntrack(&mut self) -> Result<(), DataplaneError> {
-        let v6: Vec<(FlowKey, FlowState)> =
-            ring_map::dump(data(self.map(names::CONNTRACK)?, names::CONNTRACK)?, 4096)?;
-        let mut m: Table<_, FlowKey> = Table::try_from(self.map_mut(names::CONNTRACK)?)?;
-        for (k, _) in v6 {
-            remove(&mut m, &k)?;
-        }
-        let v4: Vec<(FlowKey4, FlowState)> = ring_map::dump(
-            data(self.map(names::CONNTRACK_V4)?, names::CONNTRACK_V4)?,
-            4096,
-        )?;
-        let mut m: Table<_, FlowKey4> = Table::try_from(self.map_mut(names::CONNTRACK_V4)?)?;
-        for (k, _) in v4 {
-            remove(&mut m, &k)?;
-        }
-        Ok(())
+        self.clear::<FlowKey>(names::CONNTRACK)?;
+        self.clear::<FlowKey4>(names::CONNTRACK_V4)
     }
 
     /// IPv4 flows conntrack holds at most (an adopted map keeps the size it was created with).
     pub fn conntrack_capacity(&self) -> Result<u32, DataplaneError> {
-        let m = data(self.map(names::CONNTRACK_V4)?, names::CONNTRACK_V4)?;
-        Ok(m.info()?.max_entries())
+        self.capacity(names::CONNTRACK_V4)
     }
 
     /// IPv6 flows conntrack holds at most.
     pub fn conntrack_capacity_v6(&self) -> Result<u32, DataplaneError> {
-        let m = data(self.map(names::CONNTRACK)?, names::CONNTRACK)?;
-        Ok(m.info()?.max_entries())
+        self.capacity(names::CONNTRACK)
+    }
+
+    fn capacity(&self, name: &'static str) -> Result<u32, DataplaneError> {
+        Ok(data(self.map(name)?, name)?.info()?.max_entries())
     }
 
     /// Copy the IPv4 flows an earlier build keeps in `CONNTRACK` into `CONNTRACK_V4`, where
     /// this build's forwarder looks them up. Returns how many were copied.
     pub(super) fn carry_v4_flows(&mut self) -> Result<usize, DataplaneError> {
-        let old: Vec<(FlowKey, FlowState)> =
-            ring_map::dump(data(self.map(names::CONNTRACK)?, names::CONNTRACK)?, 4096)?;
+        let old = self.entries::<FlowKey>(names::CONNTRACK)?;
         let mut m: Table<_, FlowKey4> = Table::try_from(self.map_mut(names::CONNTRACK_V4)?)?;
         let mut copied = 0;
         for (k, s) in old.iter().filter(|(k, _)| k.family == FAMILY_V4) {
