@@ -133,21 +133,24 @@ fn insert(v4: bool, key: &FlowKey, backend_id: u32) {
 /// one: how much of a new flow's cost is the kernel's insert (`xlb_insert`).
 #[inline(always)]
 pub fn insert_only(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
+    use core::mem::size_of;
+
     use aya_ebpf::bindings::xdp_action;
-    let (Ok(addrs), Ok(ports)) = (
-        crate::access::read::<[u16; 4]>(ctx, 26),
-        crate::access::read::<[u16; 2]>(ctx, 34),
+
+    use crate::hdr::{EthHdr, Ipv4Hdr};
+    let l3 = size_of::<EthHdr>();
+    let (Ok(ip), Ok(ports)) = (
+        crate::access::read::<Ipv4Hdr>(ctx, l3),
+        crate::access::read::<[u16; 2]>(ctx, l3 + size_of::<Ipv4Hdr>()),
     ) else {
         return xdp_action::XDP_ABORTED;
     };
-    // Little-endian: the first half-word is the low one, as a 32-bit load would give.
-    let word = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
     let key = FlowKey {
-        src: lb_common::Addr::v4(word(addrs[0], addrs[1])),
-        dst: lb_common::Addr::v4(word(addrs[2], addrs[3])),
+        src: lb_common::Addr::v4(ip.src),
+        dst: lb_common::Addr::v4(ip.dst),
         src_port_be: ports[0],
         dst_port_be: ports[1],
-        proto: lb_common::PROTO_TCP,
+        proto: ip.proto,
         family: lb_common::FAMILY_V4,
         _pad: [0; 2],
     };
