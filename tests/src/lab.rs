@@ -6,13 +6,40 @@ use std::{
     io::Read as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use crate::topo::{BACKEND_LINK_MTU, Net, TCP_PORT, UDP_PORT, VIP};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The tests of one binary run in parallel, and every namespace shares each CPU's receive
+/// backlog (`net.core.netdev_max_backlog`): a flood in one lab overflows it and drops other
+/// labs' packets, and a lost UDP datagram reads as a broken flow there. So a lab that floods
+/// runs alone in its binary; every other lab shares (one lab at a time per test: a second
+/// shared lab waits behind a waiting flood).
+static AIRTIME: RwLock<()> = RwLock::new(());
+
+/// A lab's hold on `AIRTIME`, released after its namespaces are gone.
+enum Airtime {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+impl Airtime {
+    // A test that panicked holding the lock poisons it; the next lab still runs.
+    fn shared() -> Airtime {
+        Airtime::Shared(AIRTIME.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn alone() -> Airtime {
+        Airtime::Alone(AIRTIME.write().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// The `xlb` binary built beside this test executable (`cargo xtask test` builds it first).
 pub fn xlb_bin() -> PathBuf {
@@ -92,11 +119,23 @@ pub struct Lab {
     pub socket: PathBuf,
     pub config_path: PathBuf,
     daemon: Option<Child>,
+    /// Last: dropped after the namespaces.
+    _airtime: Airtime,
 }
 
 impl Lab {
     /// Namespaces with `n` backends, each running `xlb decap attach` on its link.
     pub fn new(n: usize) -> Lab {
+        Lab::with(n, Airtime::shared())
+    }
+
+    /// Like `new`, for a test that floods: it waits for the binary's other labs to finish and
+    /// keeps theirs waiting until it is dropped (see `AIRTIME`).
+    pub fn flooding(n: usize) -> Lab {
+        Lab::with(n, Airtime::alone())
+    }
+
+    fn with(n: usize, airtime: Airtime) -> Lab {
         let net = Net::new(n);
         let tag = format!(
             "xlbt-{}-{}",
@@ -113,6 +152,7 @@ impl Lab {
             decap_pins: PathBuf::from("/sys/fs/bpf").join(format!("{tag}-decap")),
             dir,
             daemon: None,
+            _airtime: airtime,
         };
         for b in &lab.net.backends {
             let out = lab.in_ns(

@@ -270,7 +270,7 @@ fn sustained_load_over_both_cpus_breaks_nothing_through_ring_changes() {
 /// 2,048-entry table), and every connection keeps its backend.
 #[test]
 fn a_syn_flood_does_not_evict_established_flows() {
-    let mut lab = Lab::new(3);
+    let mut lab = Lab::flooding(3);
     let _srv = servers(&lab);
     let cfg = config(&lab, "new_flow_limit = 200")
         .replace("conntrack_entries = 65536", "conntrack_entries = 2048");

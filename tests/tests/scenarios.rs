@@ -21,7 +21,11 @@ fn echo(b: &BackendHost) -> Echo {
 
 /// A lab of `n` backends running echo servers (daemon not started yet), and their addresses.
 fn with_servers(n: usize) -> (Lab, Vec<Echo>, Vec<String>) {
-    let lab = Lab::new(n);
+    servers_on(Lab::new(n))
+}
+
+/// `lab` with echo servers on its backends, and their addresses.
+fn servers_on(lab: Lab) -> (Lab, Vec<Echo>, Vec<String>) {
     let srv: Vec<Echo> = lab.net.backends.iter().map(echo).collect();
     let a = addrs(&lab);
     (lab, srv, a)
@@ -214,7 +218,7 @@ fn drain_takes_no_new_flows_and_lets_established_ones_finish() {
 
 #[test]
 fn conntrack_pressure_evicts_but_established_flows_keep_their_backend() {
-    let (mut lab, _srv, a) = with_servers(3);
+    let (mut lab, _srv, a) = servers_on(Lab::flooding(3));
     lab.start(
         &config(
             &lab,
@@ -246,7 +250,7 @@ fn conntrack_pressure_evicts_but_established_flows_keep_their_backend() {
             "--count",
             "30000",
             "--rate",
-            "100000",
+            "25000",
             "--threads",
             "1",
             "--sport",
