@@ -321,8 +321,14 @@ pub fn render(m: &MetricsView, api: &ApiCounters) -> String {
     value(
         &mut r,
         "conntrack_entries",
-        "Tracked flows.",
+        "Tracked flows, both address families.",
         m.conntrack_entries as i64,
+    );
+    value(
+        &mut r,
+        "conntrack_entries_v6",
+        "Tracked IPv6 flows (also counted in xlb_conntrack_entries).",
+        m.conntrack_entries_v6 as i64,
     );
     value(
         &mut r,
@@ -474,6 +480,7 @@ mod tests {
                 }),
             }],
             conntrack_entries: 0,
+            conntrack_entries_v6: 0,
         };
         let text = render(&view, &ApiCounters::default());
         text.lines()

@@ -98,6 +98,9 @@ pub struct MetricsView {
     pub backends: Vec<BackendView>,
     /// Tracked flows at the last count.
     pub conntrack_entries: u64,
+    /// Of those, IPv6 flows.
+    #[serde(default)]
+    pub conntrack_entries_v6: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -135,6 +138,9 @@ pub struct StatusView {
     /// Flows tracked at the last count (every 10 s, every 2 s when near full).
     #[serde(default)]
     pub conntrack_entries: u64,
+    /// Of those, IPv6 flows (their table's capacity is `conntrack_capacity_v6`).
+    #[serde(default)]
+    pub conntrack_entries_v6: u64,
     /// Entries pushed out by inserts into a full table since the daemon started (estimated
     /// from writes and counts).
     #[serde(default)]
@@ -257,6 +263,7 @@ impl StatusView {
             conntrack_capacity: 0,
             conntrack_capacity_v6: 0,
             conntrack_entries: 0,
+            conntrack_entries_v6: 0,
             conntrack_evictions: 0,
             applies: 0,
             ring_rebuilds: 0,

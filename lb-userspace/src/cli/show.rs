@@ -150,9 +150,11 @@ fn render_status(s: &StatusView) -> String {
         }
     }
     line(format!(
-        "conntrack {} flows (at most {} IPv4 and {} IPv6; one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
+        "conntrack {} flows ({} IPv4 of at most {}, {} IPv6 of at most {}; one entry per flow, shared by every CPU), {} evicted; {} applies, {} ring rebuilds",
         s.conntrack_entries,
+        s.conntrack_entries.saturating_sub(s.conntrack_entries_v6),
         s.conntrack_capacity,
+        s.conntrack_entries_v6,
         s.conntrack_capacity_v6,
         s.conntrack_evictions,
         s.applies,
@@ -383,6 +385,7 @@ mod tests {
             conntrack_capacity: 1000,
             conntrack_capacity_v6: 100,
             conntrack_entries: 5,
+            conntrack_entries_v6: 1,
             ..StatusView::sample()
         }
     }
@@ -404,7 +407,7 @@ mod tests {
         assert!(text.contains("1 next hops lost"), "{text}");
         assert!(
             text.contains(
-                "conntrack 5 flows (at most 1000 IPv4 and 100 IPv6; one entry per flow, shared by every CPU)"
+                "conntrack 5 flows (4 IPv4 of at most 1000, 1 IPv6 of at most 100; one entry per flow, shared by every CPU)"
             ),
             "{text}"
         );

@@ -190,6 +190,7 @@ mod tests {
             health_transitions: 3,
             conntrack_capacity: 1024,
             conntrack_entries: 7,
+            conntrack_entries_v6: 2,
             conntrack_evictions: 4,
             applies: 2,
             ring_rebuilds: 1,
@@ -227,6 +228,7 @@ mod tests {
                             },
                             backends: vec![],
                             conntrack_entries: 7,
+                            conntrack_entries_v6: 2,
                         };
                         let _ = reply.send(Response::of(&view));
                     }
@@ -323,6 +325,7 @@ mod tests {
         for want in [
             "xlb_vip_packets_total{vip=\"10.0.0.1:80/tcp\"} 5",
             "xlb_conntrack_entries 7",
+            "xlb_conntrack_entries_v6 2",
             "xlb_conntrack_capacity 1024",
             "xlb_health_transitions_total 3",
             "xlb_api_refused_total 1",

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use super::{
     announce::{Announcements, Wanted},
     capture::{self, Lease},
-    occupancy::Occupancy,
+    occupancy::{self, Occupancy},
     query::{self, Node, Sampler},
 };
 use crate::{
@@ -429,7 +429,7 @@ impl Owner {
         let dp = &self.dp;
         self.occupancy
             .observe(Instant::now(), writes, capacity, || {
-                dp.flows().ok().map(|f| f.len() as u64)
+                dp.flows().ok().map(|f| occupancy::tally(&f))
             });
         self.sampler.record(Instant::now(), snap);
         self.ticks += 1;

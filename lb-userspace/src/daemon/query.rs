@@ -154,6 +154,7 @@ pub fn status(c: &Ctx) -> StatusView {
         conntrack_capacity: c.maps.conntrack_capacity().unwrap_or(0),
         conntrack_capacity_v6: c.maps.conntrack_capacity_v6().unwrap_or(0),
         conntrack_entries: c.occupancy.entries(),
+        conntrack_entries_v6: c.occupancy.entries_v6(),
         conntrack_evictions: c.occupancy.evictions,
         capture: c.capture.map(Lease::describe),
         announce: c.announce.clone(),
@@ -521,6 +522,7 @@ pub fn metrics(c: &Ctx) -> MetricsView {
         stats: stats(c),
         backends: rows(c, None, false).unwrap_or_default(),
         conntrack_entries: c.occupancy.entries(),
+        conntrack_entries_v6: c.occupancy.entries_v6(),
     }
 }
 
@@ -792,12 +794,23 @@ mod tests {
     #[test]
     fn the_metrics_view_counts_tracked_flows() {
         let mut w = World::new(config(&[1, 1]));
-        w.maps.flows = vec![flow(1000, 80, 1, 0), flow(1001, 80, 2, 0)];
+        let mut v6 = flow(1002, 80, 1, 0);
+        v6.0 = flow_key(
+            "[2001:db8::1]:1002".parse().expect("src"),
+            "[2001:db8::100]:80".parse().expect("dst"),
+            Protocol::Tcp,
+        );
+        w.maps.flows = vec![flow(1000, 80, 1, 0), flow(1001, 80, 2, 0), v6];
         let maps = &w.maps;
-        w.occupancy
-            .observe(w.t0, 2, 1000, || maps.flows.len().try_into().ok());
+        w.occupancy.observe(w.t0, 3, 1000, || {
+            Some(super::super::occupancy::tally(&maps.flows))
+        });
         let m = metrics(&w.ctx(w.t0));
-        assert_eq!(m.conntrack_entries, 2);
+        assert_eq!((m.conntrack_entries, m.conntrack_entries_v6), (3, 1));
+        assert_eq!(
+            (m.status.conntrack_entries, m.status.conntrack_entries_v6),
+            (3, 1)
+        );
         assert_eq!(m.backends.len(), 2);
         assert_eq!(m.status.vips, 1);
     }
