@@ -412,8 +412,12 @@ impl Fleet {
         }
         for k in [
             "net.ipv4.ip_forward=1",
-            // Hash on the five-tuple: flows from one client spread over the nodes.
-            "net.ipv4.fib_multipath_hash_policy=1",
+            // Hash on the five-tuple, from the headers as a router does: policy 1 would reuse
+            // the hash the client's socket left on the skb (random per socket, re-drawn on a
+            // retransmit timeout), which `ip route get` cannot know. 0x37: addresses, protocol,
+            // ports.
+            "net.ipv4.fib_multipath_hash_policy=3",
+            "net.ipv4.fib_multipath_hash_fields=0x0037",
         ] {
             router.exec(&["sysctl", "-qw", k]);
         }

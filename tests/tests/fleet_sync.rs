@@ -84,9 +84,32 @@ fn divergent_riding(f: &Fleet, flows: &Flows, i: usize, j: usize) -> Vec<(bool, 
         .collect()
 }
 
-/// Wait until node `i` has shipped its divergent flows and every peer acknowledged them.
-/// (`divergent_riding` may count a few more: `ip route get` can name another node than the
-/// one a flow rides, and that node's synced copy looks tracked.)
+/// Which node each flow rides (router FIB), and each node's status: why too few flows diverged.
+fn riding(f: &Fleet, flows: &Flows) -> String {
+    let sources = flows.sources.lock().expect("lock").clone();
+    let mut on: std::collections::BTreeMap<String, usize> = Default::default();
+    for (tcp, src) in sources {
+        let (port, proto) = if tcp {
+            (TCP_PORT, "tcp")
+        } else {
+            (UDP_PORT, "udp")
+        };
+        let n = f
+            .node_of(src, port, proto)
+            .map_or("none".into(), |a| a.to_string());
+        *on.entry(n).or_default() += 1;
+    }
+    format!(
+        "flows per node {on:?}\n{}",
+        (1..=3)
+            .map(|i| f.node(i).diagnose())
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// Wait until node `i` has shipped at least `at_least` divergent flows and every peer
+/// acknowledged them.
 fn wait_synced(f: &Fleet, i: usize, at_least: usize, limit: Duration) -> Duration {
     let t0 = Instant::now();
     loop {
@@ -426,8 +449,9 @@ fn a_cut_sync_link_is_reported_before_it_costs_flows() {
     let moved = divergent_riding(&f, &flows, 3, 1);
     assert!(
         moved.len() >= 2,
-        "too few divergent flows ({})",
-        moved.len()
+        "too few divergent flows ({}): {}",
+        moved.len(),
+        riding(&f, &flows)
     );
     // Peers are judged down after three refresh periods (1 s each here).
     let t0 = Instant::now();
