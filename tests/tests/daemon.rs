@@ -461,8 +461,11 @@ fn queries_are_answered_while_a_next_hop_resolves_slowly() {
         took >= std::time::Duration::from_millis(1000),
         "the add waited for ARP: {took:?}"
     );
+    // A query stuck behind the resolution would take the add's time less the 200 ms head
+    // start (~1.3 s); half the add's time leaves room for a loaded machine (571 ms seen in a full run
+    // beside the other daemon tests) and still tells the two apart.
     assert!(
-        slowest < std::time::Duration::from_millis(500),
+        slowest < took / 2,
         "queries waited behind the resolution: {slowest:?} (the add took {took:?})"
     );
     assert_ne!(lab.ok(&["config", "export"]), before);
