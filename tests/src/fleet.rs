@@ -529,7 +529,11 @@ template bgp xlb_node {{
     }
 
     /// A node's configuration: both arms attached, `[announce]`, and the TCP and UDP VIPs on
-    /// every backend with TCP health checks.
+    /// every backend with TCP health checks. `drain_idle_secs` outlasts a failover: a peer's
+    /// synced copy of a flow is restamped only while the peer lives, and a UDP flow of
+    /// `Flows` can then stay silent for seconds (BFD, then the 300 ms timeouts of the flows
+    /// before it in its thread); at 2 s a removed backend was reaped on a survivor before its
+    /// moved flows arrived.
     pub fn config(&self, i: usize, s: &Settings) -> String {
         let n = &self.nodes[i - 1];
         let mut c = format!(
@@ -539,7 +543,7 @@ state_file = "{state}"
 pin_dir = "{pins}"
 conntrack_entries = 65536
 nexthop_refresh_secs = 1
-drain_idle_secs = 2
+drain_idle_secs = 8
 metrics_listen = "127.0.0.1:9478"
 
 [forwarding]
