@@ -508,8 +508,10 @@ fn a_large_apply_does_not_hold_up_queries() {
         "apply of 24 rings of {size} slots: {took:?}; {asked} queries meanwhile, slowest {slowest:?}"
     );
     assert!(asked >= 3, "the apply was too quick to tell ({took:?})");
+    // Held up by the apply, a query would wait seconds (the apply takes ~12 s in a debug
+    // build); alone the slowest is ~240 ms, so 1 s leaves room for the tests running beside it.
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "a query waited {slowest:?} behind the apply"
     );
     assert_eq!(lab.json(&["status"])["vips"], 26);
