@@ -719,6 +719,15 @@ min_up_secs = {min_up}
             .and_then(|w| w[1].parse().ok())
     }
 
+    /// `node_of` for a long-lived flow of `Flows` (TCP or UDP, from `src`).
+    pub fn node_of_flow(&self, tcp: bool, src: SocketAddrV4) -> Option<Ipv4Addr> {
+        if tcp {
+            self.node_of(src, TCP_PORT, "tcp")
+        } else {
+            self.node_of(src, UDP_PORT, "udp")
+        }
+    }
+
     /// The node whose front address is `addr`.
     pub fn index_of(&self, addr: Ipv4Addr) -> Option<usize> {
         self.nodes.iter().find(|n| n.front == addr).map(|n| n.index)

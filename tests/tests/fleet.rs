@@ -11,7 +11,7 @@ use std::{
 use tests::{
     echo::Echo,
     fleet::{self, Fleet, Flows, ONE_AT_A_TIME, Settings},
-    topo::{TCP_PORT, UDP_PORT},
+    topo::TCP_PORT,
 };
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -51,12 +51,7 @@ fn routing_spreads_flows_over_every_node() {
     let sources = flows.sources.lock().expect("lock").clone();
     let mut per_node: BTreeMap<usize, usize> = BTreeMap::new();
     for (tcp, src) in &sources {
-        let (port, proto) = if *tcp {
-            (TCP_PORT, "tcp")
-        } else {
-            (UDP_PORT, "udp")
-        };
-        let hop = f.node_of(*src, port, proto).expect("a route");
+        let hop = f.node_of_flow(*tcp, *src).expect("a route");
         *per_node
             .entry(f.index_of(hop).expect("a node"))
             .or_default() += 1;
@@ -89,14 +84,7 @@ fn riding(f: &Fleet, flows: &Flows, i: usize) -> usize {
         .lock()
         .expect("lock")
         .iter()
-        .filter(|(tcp, src)| {
-            let (port, proto) = if *tcp {
-                (TCP_PORT, "tcp")
-            } else {
-                (UDP_PORT, "udp")
-            };
-            f.node_of(*src, port, proto) == Some(front)
-        })
+        .filter(|(tcp, src)| f.node_of_flow(*tcp, *src) == Some(front))
         .count()
 }
 

@@ -67,12 +67,7 @@ fn divergent_riding(f: &Fleet, flows: &Flows, i: usize, j: usize) -> Vec<(bool, 
     sources
         .into_iter()
         .filter(|(tcp, src)| {
-            let (port, proto) = if *tcp {
-                (TCP_PORT, "tcp")
-            } else {
-                (UDP_PORT, "udp")
-            };
-            if f.node_of(*src, port, proto) != Some(front) {
+            if f.node_of_flow(*tcp, *src) != Some(front) {
                 return false;
             }
             let here = f.node(i).json(&["explain", &src.to_string(), &vip(*tcp)]);
@@ -89,13 +84,8 @@ fn riding(f: &Fleet, flows: &Flows) -> String {
     let sources = flows.sources.lock().expect("lock").clone();
     let mut on: std::collections::BTreeMap<String, usize> = Default::default();
     for (tcp, src) in sources {
-        let (port, proto) = if tcp {
-            (TCP_PORT, "tcp")
-        } else {
-            (UDP_PORT, "udp")
-        };
         let n = f
-            .node_of(src, port, proto)
+            .node_of_flow(tcp, src)
             .map_or("none".into(), |a| a.to_string());
         *on.entry(n).or_default() += 1;
     }

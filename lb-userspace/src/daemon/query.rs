@@ -803,7 +803,7 @@ mod tests {
         w.maps.flows = vec![flow(1000, 80, 1, 0), flow(1001, 80, 2, 0), v6];
         let maps = &w.maps;
         w.occupancy.observe(w.t0, 3, 1000, || {
-            Some(super::super::occupancy::tally(&maps.flows))
+            Some(crate::daemon::occupancy::tally(&maps.flows))
         });
         let m = metrics(&w.ctx(w.t0));
         assert_eq!((m.conntrack_entries, m.conntrack_entries_v6), (3, 1));
